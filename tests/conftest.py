@@ -1,0 +1,68 @@
+"""Shared test helpers: tiny VOC-layout datasets and a throwaway copy of the repository."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wsss_core.io import write_id_list, write_image, write_label
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+
+os.environ.setdefault("WSSS_NO_PROGRESS", "1")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: end-to-end tests that take more than a few seconds")
+
+
+def make_voc_dataset(root: Path, splits: dict[str, list[str]], size=(20, 24), num_classes=21,
+                     seed=0) -> dict[str, np.ndarray]:
+    """A tiny dataset in VOC layout under `root`; returns the GT arrays by id."""
+    rng = np.random.default_rng(seed)
+    gts = {}
+    for split, ids in splits.items():
+        list_name = "train_aug.txt" if split == "train" else f"{split}.txt"
+        write_id_list(root / "ImageSets/Segmentation" / list_name, ids)
+        for image_id in ids:
+            h, w = size
+            write_image(root / "JPEGImages" / f"{image_id}.jpg",
+                        rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+            gt = np.zeros((h, w), np.uint8)
+            cls = int(rng.integers(1, num_classes))
+            gt[h // 4: 3 * h // 4, w // 4: 3 * w // 4] = cls
+            gt[0, :] = 255
+            write_label(root / "SegmentationClassAug" / f"{image_id}.png", gt)
+            gts[image_id] = gt
+    return gts
+
+
+def copy_repo(dest: Path) -> Path:
+    """The code and config of this repository (no data, no venv) in `dest`."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("wsss_core", "stages"):
+        shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("params.yaml", "dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy2(REPO / name, dest / name)
+    return dest
+
+
+def run_script(cwd: Path, *args: str, check=False) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WSSS_NO_PROGRESS": "1"}
+    proc = subprocess.run([PYTHON, *args], cwd=cwd, capture_output=True, text=True, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def voc_root(tmp_path):
+    root = tmp_path / "VOC2012"
+    make_voc_dataset(root, {"train": ["a1", "a2", "a3"], "val": ["b1", "b2"]})
+    return root

@@ -1,0 +1,66 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+from wsss_core.config import load_params, params_from_dict
+from wsss_core.errors import ConfigError
+
+
+def test_repo_params_load_with_defaults():
+    params = load_params(REPO / "params.yaml")
+    assert params.method in ("baseline", "cdl_b", "cdl_e", "dupl")
+    assert params.dataset == "synthetic" and params.num_classes == 21
+    assert params.data.synthetic.classes == [1, 3, 8, 12, 15, 19]
+
+
+def test_params_file_uses_block_lists():
+    # `dvc exp run -S` rewrites flow lists; keeping block style keeps diffs small
+    text = (REPO / "params.yaml").read_text()
+    assert all("[" not in line.split("#")[0] for line in text.splitlines())
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"method": "cdl_x"}, "method: expected one of 'baseline', 'cdl_b', 'cdl_e', 'dupl', got 'cdl_x'"),
+        ({"dataset": "ade20k"}, "dataset: expected one of 'synthetic', 'voc12', 'coco14'"),
+        ({"data": {"nosie": 0.3}}, "unknown key 'data.nosie' (allowed: synthetic, noise,"),
+        ({"learning_rate": 1}, "unknown key 'learning_rate' (allowed: method, dataset,"),
+        ({"data": {"synthetic": {"num_train": "many"}}}, "data.synthetic.num_train: expected an integer, got 'many'"),
+        ({"data": {"noise": True}}, "data.noise: expected a number, got True"),
+        ({"data": {"noise": 1.5}}, "data.noise: must be in [0, 1]"),
+        ({"data": {"synthetic": {"classes": [1, 25]}}}, "classes must be VOC ids in 1..20"),
+        ({"data": "x"}, "data: expected a mapping"),
+    ],
+)
+def test_invalid_params_are_one_line_errors(raw, message):
+    with pytest.raises(ConfigError) as info:
+        params_from_dict(raw)
+    text = str(info.value)
+    assert message in text and "\n" not in text
+
+
+def test_ints_are_accepted_for_floats_and_overrides_apply(tmp_path: Path):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"data": {"noise": 0}}))
+    params = load_params(path, overrides={"method": "cdl_e", "data.noise_seed": 3})
+    assert params.data.noise == 0.0 and isinstance(params.data.noise, float)
+    assert params.method == "cdl_e" and params.data.noise_seed == 3
+
+
+def test_synthetic_pseudo_labels_need_synthetic_dataset():
+    with pytest.raises(ConfigError, match="pseudo_labels.source 'synthetic' needs dataset 'synthetic'"):
+        params_from_dict({"dataset": "voc12"})
+    params = params_from_dict({"dataset": "voc12", "pseudo_labels": {"source": "labels.zip", "name": "rib"}})
+    assert params.num_classes == 21
+
+
+def test_missing_and_malformed_params_file(tmp_path):
+    with pytest.raises(ConfigError, match="params file not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "params.yaml"
+    bad.write_text("method: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(bad)

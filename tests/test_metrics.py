@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+
+from wsss_core.metrics import ConfusionMatrix, per_class_csv, scores_report
+
+
+def test_scores_hand_computed():
+    # 3 classes; gt/pred over 8 pixels plus two ignored ones
+    gt = np.array([0, 0, 0, 1, 1, 1, 2, 2, 255, 255])
+    pred = np.array([0, 0, 1, 1, 1, 0, 2, 1, 2, 0])
+    s = ConfusionMatrix(3).update(pred, gt).scores()
+    # class 0: TP 2, FP 1 (gt1→0), FN 1 → 2/4; class 1: TP 2, FP 2, FN 1 → 2/5; class 2: TP 1, FN 1 → 1/2
+    assert s["per_class_iou"] == pytest.approx([0.5, 0.4, 0.5])
+    assert s["miou"] == pytest.approx((0.5 + 0.4 + 0.5) / 3)
+    assert s["pixel_acc"] == pytest.approx(5 / 8)
+    assert s["mean_acc"] == pytest.approx((2 / 3 + 2 / 3 + 1 / 2) / 3)
+    assert s["fwiou"] == pytest.approx(3 / 8 * 0.5 + 3 / 8 * 0.4 + 2 / 8 * 0.5)
+
+
+def test_class_absent_from_gt_excluded_from_miou_but_reported():
+    gt = np.array([[0, 0], [1, 1]])
+    pred = np.array([[0, 2], [1, 1]])  # class 2 only predicted
+    s = ConfusionMatrix(4).update(pred, gt).scores()
+    assert s["per_class_iou"][:3] == pytest.approx([0.5, 1.0, 0.0])
+    assert s["per_class_iou"][3] is None
+    assert s["miou"] == pytest.approx((0.5 + 1.0) / 2)
+
+
+def test_gt_out_of_range_skipped_and_merge():
+    gt = np.array([0, 1, 5, 255])
+    pred = np.array([0, 1, 1, 1])
+    a = ConfusionMatrix(2).update(pred, gt)
+    assert a.matrix.sum() == 2
+    b = ConfusionMatrix(2).update(np.array([1]), np.array([0]))
+    total = sum([a, b])
+    assert total.matrix.tolist() == [[1, 1], [0, 1]]
+    assert a.matrix.tolist() == [[1, 0], [0, 1]]  # operands unchanged
+
+
+def test_shape_mismatch_and_bad_prediction():
+    with pytest.raises(ValueError):
+        ConfusionMatrix(2).update(np.zeros((2, 2)), np.zeros((2, 3)))
+    with pytest.raises(ValueError):
+        ConfusionMatrix(2).update(np.array([2]), np.array([0]))
+
+
+def test_report_and_csv_use_class_names():
+    m = ConfusionMatrix(3).update(np.array([0, 1]), np.array([0, 1]))
+    report = scores_report(m, ["background", "cat", "dog"], split="val")
+    assert report["split"] == "val" and report["per_class_iou"] == {"background": 1.0, "cat": 1.0, "dog": None}
+    assert per_class_csv(report).splitlines() == ["class,iou", "background,1.000000", "cat,1.000000", "dog,"]
+
+
+def test_empty_matrix_scores_are_none():
+    s = ConfusionMatrix(2).scores()
+    assert s["miou"] is None and s["pixel_acc"] is None and s["per_class_iou"] == [None, None]

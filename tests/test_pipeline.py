@@ -1,0 +1,83 @@
+"""The DVC pipeline end to end in a throwaway clone: repro, no-op repro, exp run -S, push/pull."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import copy_repo
+
+pytestmark = pytest.mark.slow
+
+TINY = {"num_train": 12, "num_val": 4, "min_size": 40, "max_size": 56}
+
+
+def _env():
+    bin_dir = str(Path(sys.executable).parent)  # stages call `python`: use this venv's
+    return {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"], "WSSS_NO_PROGRESS": "1",
+            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@t"}
+
+
+def sh(cwd, *cmd):
+    proc = subprocess.run(list(cmd), cwd=cwd, env=_env(), capture_output=True, text=True)
+    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+def dvc(cwd, *args):
+    return sh(cwd, sys.executable, "-m", "dvc", *args)
+
+
+def ran(output):
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    repo = copy_repo(tmp_path_factory.mktemp("clone") / "repo")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"]["synthetic"].update(TINY)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(repo, "git", "init", "-q")
+    dvc(repo, "init", "-q")
+    dvc(repo, "config", "core.analytics", "false")
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "init")
+    return repo
+
+
+def test_repro_then_noop(repo):
+    out = dvc(repo, "repro")
+    assert ran(out) == {"prepare_data", "pseudo_labels", "evaluate_pseudo_labels"}
+    miou = json.loads((repo / "metrics/pseudo_labels.json").read_text())["miou"]
+    assert 0.3 < miou < 1.0
+    out = dvc(repo, "repro")
+    assert ran(out) == set() and "up to date" in out
+    assert "miou" in dvc(repo, "metrics", "show")
+
+
+def test_push_pull_restores_pseudo_labels_byte_identical(repo, tmp_path):
+    labels = repo / "data/pseudo_labels/synthetic"
+    before = {p.name: p.read_bytes() for p in labels.iterdir()}
+    assert len(before) == TINY["num_train"]
+    dvc(repo, "remote", "add", "-d", "--local", "store", str(tmp_path / "remote"))
+    dvc(repo, "push")
+    shutil.rmtree(repo / ".dvc/cache")
+    shutil.rmtree(labels)
+    dvc(repo, "pull", "pseudo_labels")
+    assert {p.name: p.read_bytes() for p in labels.iterdir()} == before
+
+
+def test_exp_run_noise_reruns_only_dependents(repo):
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "lock")
+    before = json.loads((repo / "metrics/pseudo_labels.json").read_text())["miou"]
+    out = dvc(repo, "exp", "run", "-S", "data.noise=0.9")
+    assert ran(out) == {"pseudo_labels", "evaluate_pseudo_labels"}
+    after = json.loads((repo / "metrics/pseudo_labels.json").read_text())["miou"]
+    assert after < before

@@ -1,0 +1,99 @@
+"""The data stages run as scripts on a tiny VOC-layout dataset, and fail cleanly on bad input."""
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.conftest import copy_repo, make_voc_dataset, run_script
+from wsss_core.io import write_label
+
+
+@pytest.fixture
+def repo(tmp_path):
+    repo = copy_repo(tmp_path / "repo")
+    gts = make_voc_dataset(repo / "voc" / "VOC2012", {"train": ["t1", "t2", "t3"], "val": ["v1", "v2"]})
+    labels = repo / "my_labels"
+    for image_id in ("t1", "t2", "t3"):
+        noisy = gts[image_id].copy()
+        noisy[noisy == 255] = 0
+        noisy[:, 6:9] = 0  # drop a strip of each object: mIoU < 1
+        write_label(labels / f"{image_id}.png", noisy)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["dataset"] = "voc12"
+    params["data"]["voc12"]["root"] = "voc/VOC2012"
+    params["pseudo_labels"] = {"name": "mine", "source": "my_labels"}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return repo
+
+
+def _set(repo, dotted, value):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    node = params
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = node[key]
+    node[leaf] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_data_stages_on_voc_layout(repo):
+    run_script(repo, "stages/prepare_data.py", check=True)
+    cls = json.loads((repo / "data/prepared/voc12/cls_labels.json").read_text())
+    assert set(cls) == {"t1", "t2", "t3", "v1", "v2"} and all(len(v) == 1 for v in cls.values())
+    run_script(repo, "stages/pseudo_labels.py", check=True)
+    assert sorted(p.name for p in (repo / "data/pseudo_labels/mine").iterdir()) == ["t1.png", "t2.png", "t3.png"]
+    proc = run_script(repo, "stages/evaluate.py", "pseudo_labels", check=True)
+    report = json.loads((repo / "metrics/pseudo_labels.json").read_text())
+    assert 0 < report["miou"] < 1 and report["split"] == "train" and "mIoU" in proc.stdout
+    assert report["per_class_iou"]["background"] is not None
+    assert (repo / "metrics/pseudo_labels_per_class.csv").read_text().startswith("class,iou\n")
+
+
+def _corrupt_jpeg(repo):
+    path = repo / "voc/VOC2012/JPEGImages/t2.jpg"
+    path.write_bytes(b"\xff\xd8\xff\xe0garbage")
+
+
+def _rgb_gt(repo):
+    from PIL import Image
+    Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(repo / "voc/VOC2012/SegmentationClassAug/t2.png")
+
+
+@pytest.mark.parametrize(
+    "breakage, message",
+    [
+        (lambda r: _corrupt_jpeg(r), "JPEGImages/t2.jpg: cannot read image header"),
+        (lambda r: _rgb_gt(r), "SegmentationClassAug/t2.png: label has mode RGB"),
+        (lambda r: (r / "voc/VOC2012/SegmentationClassAug/t3.png").unlink(), "SegmentationClassAug/t3.png: file not found"),
+        (lambda r: (r / "voc/VOC2012/JPEGImages/v1.jpg").unlink(), "JPEGImages/v1.jpg: file not found"),
+        (lambda r: (r / "voc/VOC2012/ImageSets/Segmentation/val.txt").write_text(""), "val.txt: list is empty"),
+        (lambda r: write_label(r / "voc/VOC2012/SegmentationClassAug/t1.png", np.zeros((21, 24), np.uint8)),
+         "t1.png: label size 24x21 .* differs from the image's 24x20"),
+        (lambda r: write_label(r / "voc/VOC2012/SegmentationClassAug/t1.png", np.full((20, 24), 99, np.uint8)),
+         r"t1.png: label values \[99\] out of range"),
+        (lambda r: _set(r, "method", "deeplab"), "method: expected one of 'baseline', 'cdl_b', 'cdl_e', 'dupl'"),
+        (lambda r: _set(r, "dataset", "cityscapes"), "dataset: expected one of 'synthetic', 'voc12', 'coco14'"),
+        (lambda r: _set(r, "data.voc12.rooot", "x"), "unknown key 'data.voc12.rooot'"),
+    ],
+)
+def test_prepare_bad_input_is_one_line_error(repo, breakage, message):
+    import re
+
+    breakage(repo)
+    proc = run_script(repo, "stages/prepare_data.py")
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and re.search(message, lines[0]), proc.stderr
+    prepared = repo / "data/prepared"
+    assert not prepared.exists() or list(prepared.iterdir()) == []  # no partial or temporary output
+
+
+def test_failed_ingestion_keeps_published_labels(repo):
+    run_script(repo, "stages/prepare_data.py", check=True)
+    run_script(repo, "stages/pseudo_labels.py", check=True)
+    before = {p.name: p.read_bytes() for p in (repo / "data/pseudo_labels/mine").iterdir()}
+    write_label(repo / "my_labels/t3.png", np.full((20, 24), 50, np.uint8))
+    proc = run_script(repo, "stages/pseudo_labels.py")
+    assert proc.returncode == 2 and "my_labels/t3.png: label values [50] out of range" in proc.stderr
+    assert {p.name: p.read_bytes() for p in (repo / "data/pseudo_labels/mine").iterdir()} == before

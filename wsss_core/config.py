@@ -1,0 +1,257 @@
+"""params.yaml → typed, validated configuration objects (the only config loader).
+
+Each group of params.yaml is a dataclass below; the generic `_build` converts and checks a
+mapping against it, so an unknown key, a wrong type or a value outside a `Literal` fails with one
+line naming the key and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from .errors import ConfigError
+
+Method = Literal["baseline", "cdl_b", "cdl_e", "dupl"]
+DatasetName = Literal["synthetic", "voc12", "coco14"]
+PARAMS_FILE = "params.yaml"
+
+
+# --------------------------------------------------------------------------- groups
+@dataclass
+class SyntheticData:
+    """The embedded synthetic dataset, generated in VOC layout."""
+
+    num_train: int = 300
+    num_val: int = 50
+    min_size: int = 96
+    max_size: int = 128
+    max_objects: int = 3
+    # VOC class ids drawn in the images (background 0 is implicit); the ids keep VOC's meaning.
+    classes: list[int] = field(default_factory=lambda: [1, 3, 8, 12, 15, 19])
+    seed: int = 0
+
+    def validate(self, where: str) -> None:
+        _check(self.num_train >= 1 and self.num_val >= 1, where, "num_train and num_val must be >= 1")
+        _check(16 <= self.min_size <= self.max_size, where, "need 16 <= min_size <= max_size")
+        _check(self.max_objects >= 1, where, "max_objects must be >= 1")
+        _check(len(self.classes) >= 2 and len(set(self.classes)) == len(self.classes), where,
+               "classes must list at least two distinct VOC class ids")
+        _check(all(1 <= c <= 20 for c in self.classes), where, "classes must be VOC ids in 1..20")
+
+
+@dataclass
+class NoiseTypes:
+    """Relative strength of each pseudo-label corruption (multiplied by `data.noise`)."""
+
+    boundary: float = 1.0          # object boundaries shrink or grow
+    missing_parts: float = 1.0     # parts of objects dropped to background
+    false_positives: float = 1.0   # blobs of an image's class on the background
+    class_confusion: float = 1.0   # whole objects given a similar class
+    ignore: float = 1.0            # uncertain bands marked 255
+
+    def validate(self, where: str) -> None:
+        for name in ("boundary", "missing_parts", "false_positives", "class_confusion", "ignore"):
+            _check(getattr(self, name) >= 0, f"{where}.{name}", "must be >= 0")
+
+
+@dataclass
+class VocData:
+    """PASCAL VOC 2012 + SBD (train_aug). Paths are relative to `root` unless absolute."""
+
+    root: str = "data/VOCdevkit/VOC2012"
+    image_dir: str = "JPEGImages"
+    eval_label_dir: str = "SegmentationClassAug"
+    train_list: str = "ImageSets/Segmentation/train_aug.txt"
+    val_list: str = "ImageSets/Segmentation/val.txt"
+    test_list: str = "ImageSets/Segmentation/test.txt"
+    # cls_labels.json or DuPL's cls_labels_onehot.npy; empty: derived from the GT of each split
+    class_labels: str = ""
+
+
+@dataclass
+class CocoData:
+    """MS COCO 2014 with VOC-style masks (81 classes)."""
+
+    root: str = "data/coco"
+    train_image_dir: str = "train2014"
+    val_image_dir: str = "val2014"
+    label_dir: str = "SegmentationClass"        # holds train2014/ and val2014/
+    train_list: str = "train.txt"
+    val_list: str = "val.txt"
+    class_labels: str = ""
+    # instances JSON per split; masks are converted when missing (see wsss_core.data.coco)
+    train_annotations: str = "annotations/instances_train2014.json"
+    val_annotations: str = "annotations/instances_val2014.json"
+    convert: bool = True
+    n_jobs: int = -1
+
+
+@dataclass
+class DataParams:
+    synthetic: SyntheticData = field(default_factory=SyntheticData)
+    # pseudo-label noise of the synthetic dataset: 0 = the GT itself, 1 = very noisy
+    noise: float = 0.5
+    noise_types: NoiseTypes = field(default_factory=NoiseTypes)
+    noise_seed: int = 0
+    voc12: VocData = field(default_factory=VocData)
+    coco14: CocoData = field(default_factory=CocoData)
+
+    def validate(self, where: str) -> None:
+        _check(0.0 <= self.noise <= 1.0, f"{where}.noise", "must be in [0, 1]")
+
+
+@dataclass
+class PseudoLabelParams:
+    # folder under data/pseudo_labels/ the ingested labels go to (tracked by DVC)
+    name: str = "synthetic"
+    # "synthetic" = corrupt the synthetic GT with data.noise; otherwise a folder or a
+    # .zip/.tar/.tar.gz archive of PNGs named <image id>.png (e.g. A2GNN/EPS/RIB/VML labels)
+    source: str = "synthetic"
+
+    def validate(self, where: str) -> None:
+        _check(bool(self.name) and "/" not in self.name and self.name not in (".", ".."),
+               f"{where}.name", "must be a plain folder name")
+
+
+@dataclass
+class EvaluateParams:
+    n_jobs: int = -1  # joblib workers for scoring label files (-1 = all cores)
+
+
+@dataclass
+class Params:
+    method: Method = "baseline"
+    dataset: DatasetName = "synthetic"
+    seed: int = 0
+    data: DataParams = field(default_factory=DataParams)
+    pseudo_labels: PseudoLabelParams = field(default_factory=PseudoLabelParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+
+    def validate(self, where: str) -> None:
+        if self.pseudo_labels.source == "synthetic" and self.dataset != "synthetic":
+            raise ConfigError(
+                f"params.yaml: pseudo_labels.source 'synthetic' needs dataset 'synthetic' "
+                f"(got '{self.dataset}'); give a folder or archive of pseudo labels"
+            )
+
+    @property
+    def num_classes(self) -> int:
+        return 81 if self.dataset == "coco14" else 21
+
+
+# --------------------------------------------------------------------------- loading
+def load_params(path: str | Path = PARAMS_FILE, overrides: dict | None = None) -> Params:
+    """Read and validate params.yaml; `overrides` maps dotted keys to values (for tests/tools)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return params_from_dict(raw, source=str(path))
+
+
+def params_from_dict(raw: dict, source: str = PARAMS_FILE) -> Params:
+    return _build(Params, raw, "", source)
+
+
+def _check(ok: bool, where: str, problem: str) -> None:
+    if not ok:
+        raise ConfigError(f"{PARAMS_FILE}: {where}: {problem}")
+
+
+def _describe(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (list, tuple):
+        return f"a list of {_describe(typing.get_args(tp)[0])}"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", bool: "true/false", str: "a string",
+            type(None): "null"}.get(tp, str(tp))
+
+
+def _convert(tp, value, where: str, source: str):
+    origin = typing.get_origin(tp)
+    fail = ConfigError(f"{source}: {where}: expected {_describe(tp)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where, source)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise fail
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _convert(option, value, where, source)
+            except ConfigError:
+                continue
+        raise fail
+    if origin is list:
+        if not isinstance(value, list):
+            raise fail
+        (item_tp,) = typing.get_args(tp)
+        return [_convert(item_tp, v, f"{where}[{i}]", source) for i, v in enumerate(value)]
+    if tp is type(None):
+        if value is not None:
+            raise fail
+        return None
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise fail
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise fail
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise fail
+        return value
+    raise TypeError(f"unsupported config type {tp} at {where}")
+
+
+def _build(cls, raw, where: str, source: str):
+    label = where or "top level"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {label}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            dotted = f"{where}.{key}" if where else str(key)
+            raise ConfigError(
+                f"{source}: unknown key '{dotted}' (allowed: {', '.join(fields)})"
+            )
+    values = {}
+    for name in fields:
+        if name in raw:
+            dotted = f"{where}.{name}" if where else name
+            values[name] = _convert(hints[name], raw[name], dotted, source)
+    obj = cls(**values)
+    if hasattr(obj, "validate"):
+        obj.validate(where or "params")
+    return obj
+

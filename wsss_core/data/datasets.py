@@ -1,0 +1,118 @@
+"""Where each split's images, ground truth, pseudo labels and class labels live.
+
+Every stage resolves files through `resolve_split`, so the three datasets (synthetic, VOC 2012,
+COCO 2014) look the same downstream: a list of ids, an image folder and a GT folder.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import Params
+from ..errors import ConfigError
+from ..io import read_id_list
+from .classes import DATASET_CLASSES
+
+PREPARED_DIR = Path("data/prepared")
+PSEUDO_LABEL_DIR = Path("data/pseudo_labels")
+# the synthetic dataset is generated in VOC layout here by the prepare stage
+SYNTHETIC_ROOT = PREPARED_DIR / "synthetic" / "VOC2012"
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split: ids plus the folders their files are in (`gt_dir` None where there is no GT)."""
+
+    name: str
+    list_file: Path
+    image_dir: Path
+    gt_dir: Path | None
+    image_ext: str = ".jpg"
+    label_ext: str = ".png"
+
+    @property
+    def ids(self) -> list[str]:
+        return read_id_list(self.list_file)
+
+    def image_path(self, image_id: str) -> Path:
+        return self.image_dir / f"{image_id}{self.image_ext}"
+
+    def gt_path(self, image_id: str) -> Path:
+        if self.gt_dir is None:
+            raise ConfigError(f"split '{self.name}' has no ground truth")
+        return self.gt_dir / f"{image_id}{self.label_ext}"
+
+
+def _under(root: Path, path: str) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() else root / p
+
+
+def voc_layout_split(root: Path, split: str, image_dir: str = "JPEGImages",
+                     gt_dir: str = "SegmentationClassAug", list_file: str | None = None) -> Split:
+    """A split of a dataset in VOC layout under `root` (the synthetic data, VOC 2012)."""
+    default_lists = {"train": "ImageSets/Segmentation/train_aug.txt",
+                     "val": "ImageSets/Segmentation/val.txt",
+                     "test": "ImageSets/Segmentation/test.txt"}
+    return Split(
+        name=split,
+        list_file=_under(root, list_file or default_lists[split]),
+        image_dir=_under(root, image_dir),
+        gt_dir=None if split == "test" else _under(root, gt_dir),
+    )
+
+
+def resolve_split(params: Params, split: str) -> Split:
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split '{split}' (allowed: {', '.join(SPLITS)})")
+    if params.dataset == "synthetic":
+        return voc_layout_split(SYNTHETIC_ROOT, split)
+    if params.dataset == "voc12":
+        cfg = params.data.voc12
+        lists = {"train": cfg.train_list, "val": cfg.val_list, "test": cfg.test_list}
+        return voc_layout_split(Path(cfg.root), split, cfg.image_dir, cfg.eval_label_dir, lists[split])
+    cfg = params.data.coco14
+    root = Path(cfg.root)
+    if split == "test":
+        raise ConfigError("coco14 has no test split here (use val)")
+    folder = "train2014" if split == "train" else "val2014"
+    image_dir = cfg.train_image_dir if split == "train" else cfg.val_image_dir
+    return Split(
+        name=split,
+        list_file=_under(root, cfg.train_list if split == "train" else cfg.val_list),
+        image_dir=_under(root, image_dir),
+        gt_dir=_under(root, cfg.label_dir) / folder,
+    )
+
+
+def prepared_dir(params: Params) -> Path:
+    """The prepare stage's output folder for the configured dataset."""
+    return PREPARED_DIR / params.dataset
+
+
+def class_labels_path(params: Params) -> Path:
+    """Image-level labels of every train/val image, written by the prepare stage."""
+    return prepared_dir(params) / "cls_labels.json"
+
+
+def pseudo_label_dir(params: Params) -> Path:
+    return PSEUDO_LABEL_DIR / params.pseudo_labels.name
+
+
+def class_names(params: Params) -> tuple[str, ...]:
+    return DATASET_CLASSES[params.dataset]
+
+
+LOGITS_DIR = Path("data/logits")
+PREDICTIONS_DIR = Path("data/predictions")
+
+
+def logits_dir(params: Params, split: str = "val") -> Path:
+    """Where the inference stage writes `<id>.npy` logits (C, h, w) of the configured method."""
+    return LOGITS_DIR / params.method / split
+
+
+def predictions_dir(params: Params, split: str = "val") -> Path:
+    """Where the CRF stage writes its `<id>.png` predictions."""
+    return PREDICTIONS_DIR / params.method / split

@@ -1,0 +1,94 @@
+"""The prepare stage's work: make the configured dataset ready and describe it.
+
+- synthetic: generate the embedded dataset in VOC layout;
+- voc12: check the user's VOC 2012 + SBD copy (every listed id has an image and GT of one size);
+- coco14: convert COCO instance annotations to VOC-style masks where they are missing, then check.
+
+Each writes `cls_labels.json` (image-level labels of every train and val image, the labels DuPL
+trains from) and `summary.json` into `data/prepared/<dataset>/`, replaced as a whole.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from joblib import Parallel, delayed
+
+from ..cli import progress
+from ..config import Params
+from ..errors import DataError
+from ..io import atomic_dir, image_size, read_label, write_id_list, write_json
+from .classes import classes_in_label, read_class_labels, write_class_labels
+from .datasets import SYNTHETIC_ROOT, Split, prepared_dir, resolve_split, voc_layout_split
+
+def _check_chunk(split: Split, ids: list[str], num_classes: int) -> dict[str, list[int]]:
+    """Check one chunk of ids; return their image-level labels derived from the GT."""
+    labels = {}
+    for image_id in ids:
+        hw = image_size(split.image_path(image_id))
+        gt = read_label(split.gt_path(image_id), num_classes, expected_hw=hw)
+        labels[image_id] = classes_in_label(gt, num_classes)
+    return labels
+
+
+def check_split(split: Split, num_classes: int, n_jobs: int = 1, chunk_size: int = 128) -> dict[str, list[int]]:
+    """Every id has a readable image and a valid GT of the same size; returns GT class labels."""
+    ids = split.ids
+    chunks = [ids[i:i + chunk_size] for i in range(0, len(ids), chunk_size)]
+    jobs = (delayed(_check_chunk)(split, chunk, num_classes) for chunk in chunks)
+    labels: dict[str, list[int]] = {}
+    for part in progress(Parallel(n_jobs=n_jobs, return_as="generator")(jobs),
+                         f"checking {split.name}", total=len(chunks)):
+        labels.update(part)
+    return labels
+
+
+def _convert_coco_masks(params: Params) -> None:
+    from .coco import coco_image_ids, convert_coco
+
+    cfg = params.data.coco14
+    for split_name, annotations in (("train", cfg.train_annotations), ("val", cfg.val_annotations)):
+        split = resolve_split(params, split_name)
+        ann = Path(annotations) if Path(annotations).is_absolute() else Path(cfg.root) / annotations
+        if not ann.is_file():
+            if not split.gt_dir.is_dir():
+                raise DataError(ann, f"annotation file not found and no masks in {split.gt_dir}")
+            continue  # masks already there, annotations not needed
+        convert_coco(ann, split.gt_dir, n_jobs=cfg.n_jobs)
+        if not split.list_file.is_file():
+            write_id_list(split.list_file, coco_image_ids(ann))
+
+
+def prepare_dataset(params: Params) -> dict:
+    """Run the prepare stage for `params.dataset`; returns the summary it writes."""
+    num_classes = params.num_classes
+    out = prepared_dir(params)
+    with atomic_dir(out) as tmp:
+        if params.dataset == "synthetic":
+            from .synthetic import generate_dataset
+
+            generate_dataset(tmp / SYNTHETIC_ROOT.name, params.data.synthetic)
+            splits = {name: voc_layout_split(tmp / SYNTHETIC_ROOT.name, name) for name in ("train", "val")}
+            n_jobs, given_labels = 1, ""
+        else:
+            if params.dataset == "coco14" and params.data.coco14.convert:
+                _convert_coco_masks(params)
+            cfg = params.data.voc12 if params.dataset == "voc12" else params.data.coco14
+            splits = {name: resolve_split(params, name) for name in ("train", "val")}
+            n_jobs, given_labels = -1, cfg.class_labels
+        class_labels: dict[str, list[int]] = {}
+        summary = {"dataset": params.dataset, "num_classes": num_classes, "splits": {}}
+        for name, split in splits.items():
+            derived = check_split(split, num_classes, n_jobs=n_jobs)
+            class_labels.update(derived)
+            summary["splits"][name] = {"images": len(derived),
+                                       "list": str(resolve_split(params, name).list_file)}
+        if given_labels:
+            # users of DuPL/ToCo may bring their own cls_labels file; it must cover every image
+            given = read_class_labels(given_labels, num_classes)
+            missing = sorted(set(class_labels) - set(given))
+            if missing:
+                raise DataError(given_labels, f"no image-level label for id {missing[0]}")
+            class_labels = {key: given[key] for key in class_labels}
+        write_class_labels(tmp / "cls_labels.json", class_labels)
+        write_json(tmp / "summary.json", summary)
+    return summary

@@ -1,0 +1,252 @@
+"""The one place that reads and writes images, label PNGs, logits, JSON and id lists.
+
+Every writer is atomic: data goes to a hidden temporary file in the destination folder and is
+renamed over the destination only when complete, so an interrupted stage never leaves a
+half-written file behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import DataError
+
+IGNORE_INDEX = 255
+
+
+def voc_palette(num_entries: int = 256) -> np.ndarray:
+    """The PASCAL VOC colour map (bit-interleaved class index), shape (num_entries, 3) uint8."""
+    palette = np.zeros((num_entries, 3), dtype=np.uint8)
+    for index in range(num_entries):
+        value, r, g, b = index, 0, 0, 0
+        for bit in range(8):
+            r |= ((value >> 0) & 1) << (7 - bit)
+            g |= ((value >> 1) & 1) << (7 - bit)
+            b |= ((value >> 2) & 1) << (7 - bit)
+            value >>= 3
+        palette[index] = (r, g, b)
+    return palette
+
+
+_VOC_PALETTE_FLAT = voc_palette().reshape(-1).tolist()
+
+
+# --------------------------------------------------------------------------- atomic writes
+@contextlib.contextmanager
+def atomic_path(dest: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to `dest`; rename it onto `dest` if the block succeeds."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(dest: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary folder; it replaces `dest` as a whole if the block succeeds.
+
+    On failure the temporary folder is removed and an existing `dest` is left untouched.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        yield tmp
+        if dest.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
+            os.replace(dest, old / "x")
+            os.replace(tmp, dest)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, obj) -> None:
+    """Strict JSON (NaN/inf are an error: `dvc metrics` and other tools reject them)."""
+    write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+
+
+def read_json(path: str | Path):
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(path, f"malformed JSON ({exc})") from None
+
+
+# --------------------------------------------------------------------------- id lists
+def read_id_list(path: str | Path) -> list[str]:
+    """Image ids from a split list.
+
+    Accepts one id per line (VOC `ImageSets/Segmentation`, DuPL/ToCo) and the DeepLab/CDL form
+    `/JPEGImages/<id>.jpg /SegmentationClassAug/<id>.png`, whose id is the first file's stem.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "list file not found")
+    ids = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        first = line.split()[0]
+        ids.append(Path(first).stem if ("/" in first or "." in first) else first)
+    if not ids:
+        raise DataError(path, "list is empty")
+    if len(set(ids)) != len(ids):
+        raise DataError(path, "list has duplicate ids")
+    return ids
+
+
+def write_id_list(path: str | Path, ids) -> None:
+    write_text(path, "".join(f"{i}\n" for i in ids))
+
+
+# --------------------------------------------------------------------------- images
+def _open(path: Path) -> Image.Image:
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    try:
+        img = Image.open(path)
+        img.load()  # decode now: truncated or corrupt files fail here, not later
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(path, f"cannot decode image ({exc})") from None
+    return img
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) from the file header, without decoding the pixels."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise DataError(path, f"cannot read image header ({exc})") from None
+    return height, width
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """An image as H×W×3 uint8 RGB."""
+    img = _open(Path(path))
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.asarray(img, dtype=np.uint8)
+
+
+def write_image(path: str | Path, image: np.ndarray, quality: int = 95) -> None:
+    """Write H×W×3 uint8 RGB; the format follows the suffix (.jpg or .png)."""
+    path = Path(path)
+    fmt = "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG"
+    with atomic_path(path) as tmp:
+        kwargs = {"quality": quality} if fmt == "JPEG" else {}
+        Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), "RGB").save(tmp, fmt, **kwargs)
+
+
+# --------------------------------------------------------------------------- label maps
+def read_label(
+    path: str | Path,
+    num_classes: int | None = None,
+    expected_hw: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """A label PNG as an H×W uint8 array of class indices (255 = ignore).
+
+    The file must be single-channel (`L` or palette `P`, whose indices are the classes, as in
+    VOC). With `num_classes`, every value must be < num_classes or 255; with `expected_hw`, the
+    size must match (the image's size).
+    """
+    path = Path(path)
+    img = _open(path)
+    if img.mode not in ("L", "P"):
+        raise DataError(
+            path, f"label has mode {img.mode}; expected a single-channel L or P PNG of class ids"
+        )
+    label = np.asarray(img, dtype=np.uint8)
+    if expected_hw is not None and tuple(label.shape) != tuple(expected_hw):
+        raise DataError(
+            path, f"label size {label.shape[1]}x{label.shape[0]} (WxH) differs from the image's "
+            f"{expected_hw[1]}x{expected_hw[0]}"
+        )
+    if num_classes is not None:
+        bad = (label >= num_classes) & (label != IGNORE_INDEX)
+        if bad.any():
+            values = sorted(set(np.unique(label[bad]).tolist()))[:5]
+            raise DataError(
+                path, f"label values {values} out of range (allowed 0..{num_classes - 1} or 255)"
+            )
+    return label
+
+
+def label_to_png_image(label: np.ndarray) -> Image.Image:
+    if label.ndim != 2:
+        raise ValueError(f"label must be 2-D, got shape {label.shape}")
+    img = Image.fromarray(np.ascontiguousarray(label, dtype=np.uint8), "P")
+    img.putpalette(_VOC_PALETTE_FLAT)
+    return img
+
+
+def write_label(path: str | Path, label: np.ndarray) -> None:
+    """Write class ids as a VOC palette PNG (index = class, so it also shows in colour)."""
+    with atomic_path(path) as tmp:
+        label_to_png_image(label).save(tmp, "PNG")
+
+
+def colorize(label: np.ndarray) -> np.ndarray:
+    """Class ids → H×W×3 RGB with the VOC palette (255 = VOC's cream border colour)."""
+    return voc_palette()[label]
+
+
+# --------------------------------------------------------------------------- logits
+def write_logits(path: str | Path, logits: np.ndarray, dtype: str = "float16") -> None:
+    """Store (C, h, w) logits as .npy; float16 by default (half the bytes, argmax-safe)."""
+    arr = np.ascontiguousarray(logits, dtype=np.dtype(dtype))
+    if arr.ndim != 3:
+        raise ValueError(f"logits must be (C, h, w), got shape {arr.shape}")
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, arr, allow_pickle=False)
+
+
+def read_logits(path: str | Path, num_classes: int | None = None) -> np.ndarray:
+    """(C, h, w) logits as float32."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "logits file not found")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(path, f"cannot read logits ({exc})") from None
+    if arr.ndim != 3 or (num_classes is not None and arr.shape[0] != num_classes):
+        expected = f"({num_classes}, h, w)" if num_classes else "(C, h, w)"
+        raise DataError(path, f"logits have shape {arr.shape}; expected {expected}")
+    return arr.astype(np.float32, copy=False)

@@ -1,0 +1,93 @@
+"""Segmentation scores from one confusion matrix (deeplab-pytorch / wkentaro convention).
+
+IoU_c = TP / (TP + FP + FN). `miou` is the mean over classes present in the ground truth, so a
+class that is only predicted (absent from GT) lowers no score but is still reported per class.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+class ConfusionMatrix:
+    """Accumulates a num_classes × num_classes matrix, rows = ground truth, columns = prediction.
+
+    Matrices of the same size merge with `+`, so joblib workers and distributed ranks can each
+    return one and the caller reduces them.
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int = 255):
+        if num_classes < 1:
+            raise ValueError("num_classes must be >= 1")
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+
+    def update(self, pred, gt) -> "ConfusionMatrix":
+        pred = np.asarray(pred)
+        gt = np.asarray(gt)
+        if pred.shape != gt.shape:
+            raise ValueError(f"prediction shape {pred.shape} differs from ground truth {gt.shape}")
+        gt = gt.reshape(-1).astype(np.int64, copy=False)
+        pred = pred.reshape(-1).astype(np.int64, copy=False)
+        valid = (gt >= 0) & (gt < self.num_classes) & (gt != self.ignore_index)
+        gt, pred = gt[valid], pred[valid]
+        if pred.size and (pred.min() < 0 or pred.max() >= self.num_classes):
+            raise ValueError(f"prediction holds class ids outside 0..{self.num_classes - 1}")
+        n = self.num_classes
+        self.matrix += np.bincount(n * gt + pred, minlength=n * n).reshape(n, n)
+        return self
+
+    def __add__(self, other: "ConfusionMatrix") -> "ConfusionMatrix":
+        if not isinstance(other, ConfusionMatrix) or other.num_classes != self.num_classes:
+            return NotImplemented
+        out = ConfusionMatrix(self.num_classes, self.ignore_index)
+        out.matrix = self.matrix + other.matrix
+        return out
+
+    def __radd__(self, other):
+        # lets sum(list_of_matrices) start from 0
+        if isinstance(other, int) and other == 0:
+            return self
+        return self.__add__(other)
+
+    def scores(self) -> dict:
+        hist = self.matrix.astype(np.float64)
+        tp = np.diag(hist)
+        gt_count = hist.sum(axis=1)
+        pred_count = hist.sum(axis=0)
+        union = gt_count + pred_count - tp
+        total = hist.sum()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            iou = np.where(union > 0, tp / union, np.nan)
+            class_acc = np.where(gt_count > 0, tp / gt_count, np.nan)
+        present = gt_count > 0
+        freq = gt_count / total if total > 0 else np.zeros_like(gt_count)
+        return {
+            "miou": _mean(iou[present]),
+            "pixel_acc": float(tp.sum() / total) if total > 0 else None,
+            "mean_acc": _mean(class_acc[present]),
+            "fwiou": float((freq[present] * iou[present]).sum()) if present.any() else None,
+            "per_class_iou": [None if np.isnan(v) else float(v) for v in iou],
+        }
+
+
+def _mean(values: np.ndarray):
+    return float(values.mean()) if values.size else None
+
+
+def scores_report(matrix: ConfusionMatrix, class_names, **info) -> dict:
+    """Scores as strict-JSON metrics for `dvc metrics show`: `info` (split, method, …) first,
+    then the summary numbers, then per-class IoU keyed by class name (null = class absent)."""
+    if len(class_names) != matrix.num_classes:
+        raise ValueError(f"{len(class_names)} class names for {matrix.num_classes} classes")
+    scores = matrix.scores()
+    per_class = dict(zip(class_names, scores.pop("per_class_iou")))
+    return {**info, **scores, "pixels": int(matrix.matrix.sum()), "per_class_iou": per_class}
+
+
+def per_class_csv(report: dict) -> str:
+    """`class,iou` rows from a `scores_report` dict, for `dvc plots` (absent classes left empty)."""
+    lines = ["class,iou"]
+    for name, iou in report["per_class_iou"].items():
+        lines.append(f"{name},{'' if iou is None else f'{iou:.6f}'}")
+    return "\n".join(lines) + "\n"
