@@ -54,3 +54,15 @@ def test_report_and_csv_use_class_names():
 def test_empty_matrix_scores_are_none():
     s = ConfusionMatrix(2).scores()
     assert s["miou"] is None and s["pixel_acc"] is None and s["per_class_iou"] == [None, None]
+
+
+def test_ignore_in_prediction_is_a_false_negative():
+    gt = np.array([0, 0, 1, 1])
+    pred = np.array([0, 255, 1, 255])
+    m = ConfusionMatrix(2).update(pred, gt)
+    s = m.scores()
+    assert s["per_class_iou"] == pytest.approx([0.5, 0.5])  # TP 1 of 2 GT pixels each, no FP
+    assert s["pixel_acc"] == pytest.approx(0.5)
+    merged = m + ConfusionMatrix(2).update(np.array([255]), np.array([1]))
+    assert merged.undecided.tolist() == [1, 2]
+    assert scores_report(merged, ["bg", "fg"])["undecided_pixels"] == 3

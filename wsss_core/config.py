@@ -125,13 +125,90 @@ class EvaluateParams:
 
 
 @dataclass
+class CrfParams:
+    """DenseCRF refinement of the val predictions (stage crf) and of the VOC test export."""
+
+    # auto: DeepLab/CDL kernel (10, 3, 1, 4, 67, 3) for baseline/cdl_b/cdl_e, DuPL's
+    # (10, 1, 1, 4, 121, 5) for dupl; each value below overrides the preset unless null
+    preset: Literal["auto", "deeplab", "dupl"] = "auto"
+    iter_max: int | None = None
+    pos_w: float | None = None
+    pos_xy_std: float | None = None
+    bi_w: float | None = None
+    bi_xy_std: float | None = None
+    bi_rgb_std: float | None = None
+    # CDL/deeplab-pytorch fidelity: the bilateral term sees the mean-subtracted image cast to
+    # uint8 (negatives wrap, -3.7 -> 253) instead of the real RGB image
+    wrapped_mean_image: bool = False
+    n_jobs: int = -1    # joblib workers over images (-1 = all cores)
+    overlays: int = 4   # val images drawn as image | GT | no CRF | CRF in metrics/plots/overlays
+
+    def validate(self, where: str) -> None:
+        _check(self.iter_max is None or self.iter_max >= 1, f"{where}.iter_max", "must be >= 1")
+        for name in ("pos_w", "bi_w"):
+            value = getattr(self, name)
+            _check(value is None or value >= 0, f"{where}.{name}", "must be >= 0")
+        for name in ("pos_xy_std", "bi_xy_std", "bi_rgb_std"):
+            value = getattr(self, name)
+            _check(value is None or value > 0, f"{where}.{name}", "must be > 0")
+        _check(self.n_jobs != 0, f"{where}.n_jobs", "must be -1 (all cores) or a non-zero count")
+        _check(self.overlays >= 0, f"{where}.overlays", "must be >= 0")
+
+
+@dataclass
+class TrainParams:
+    """Training: a named preset (wsss_core.presets) plus overrides of its values."""
+
+    # demo | voc12_coco_predtrain | voc12_imageNet_predtrain | coco (DeepLab/CDL); demo | voc | coco (DuPL)
+    preset: str = "demo"
+    nproc: int = 1                     # processes per node (torchrun --nproc-per-node)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # null = the preset's value
+    iterations: int | None = None
+    batch_size: int | None = None      # global batch of one step, split over the processes
+    iter_size: int | None = None       # gradient accumulation steps per optimiser step
+    crop: int | None = None
+    lr: float | None = None
+    checkpoint_every: int | None = None
+    log_every: int | None = None
+    num_workers: int | None = None
+    init_weights: str | None = None    # local file; nothing is downloaded
+
+    _PRESET_KEYS = ("iterations", "batch_size", "iter_size", "crop", "lr", "checkpoint_every",
+                    "log_every", "num_workers", "init_weights")
+
+    def overrides(self) -> dict:
+        return {k: getattr(self, k) for k in self._PRESET_KEYS if getattr(self, k) is not None}
+
+    def validate(self, where: str) -> None:
+        _check(self.nproc >= 1, f"{where}.nproc", "must be >= 1")
+        for key in ("iterations", "batch_size", "iter_size", "crop", "checkpoint_every", "log_every"):
+            value = getattr(self, key)
+            _check(value is None or value >= 1, f"{where}.{key}", "must be >= 1")
+        _check(self.lr is None or self.lr > 0, f"{where}.lr", "must be > 0")
+
+
+@dataclass
+class InferParams:
+    nproc: int = 1
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["float16", "float32"] = "float16"   # stored logits
+
+    def validate(self, where: str) -> None:
+        _check(self.nproc >= 1, f"{where}.nproc", "must be >= 1")
+
+
+@dataclass
 class Params:
     method: Method = "baseline"
     dataset: DatasetName = "synthetic"
     seed: int = 0
     data: DataParams = field(default_factory=DataParams)
     pseudo_labels: PseudoLabelParams = field(default_factory=PseudoLabelParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    infer: InferParams = field(default_factory=InferParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    crf: CrfParams = field(default_factory=CrfParams)
 
     def validate(self, where: str) -> None:
         if self.pseudo_labels.source == "synthetic" and self.dataset != "synthetic":

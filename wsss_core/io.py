@@ -229,7 +229,10 @@ def colorize(label: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- logits
 def write_logits(path: str | Path, logits: np.ndarray, dtype: str = "float16") -> None:
     """Store (C, h, w) logits as .npy; float16 by default (half the bytes, argmax-safe)."""
-    arr = np.ascontiguousarray(logits, dtype=np.dtype(dtype))
+    dtype = np.dtype(dtype)
+    if dtype == np.float16:  # saturate instead of overflowing to inf (argmax and softmax stay sane)
+        logits = np.clip(logits, -65504.0, 65504.0)
+    arr = np.ascontiguousarray(logits, dtype=dtype)
     if arr.ndim != 3:
         raise ValueError(f"logits must be (C, h, w), got shape {arr.shape}")
     with atomic_path(path) as tmp:

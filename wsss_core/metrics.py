@@ -2,6 +2,8 @@
 
 IoU_c = TP / (TP + FP + FN). `miou` is the mean over classes present in the ground truth, so a
 class that is only predicted (absent from GT) lowers no score but is still reported per class.
+A prediction may leave pixels undecided with `ignore_index` (pseudo labels do): such a pixel is a
+false negative of its GT class and a false positive of none.
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ class ConfusionMatrix:
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+        # GT pixels per class that the prediction left as ignore_index
+        self.undecided = np.zeros(num_classes, dtype=np.int64)
 
     def update(self, pred, gt) -> "ConfusionMatrix":
         pred = np.asarray(pred)
@@ -31,9 +35,13 @@ class ConfusionMatrix:
         pred = pred.reshape(-1).astype(np.int64, copy=False)
         valid = (gt >= 0) & (gt < self.num_classes) & (gt != self.ignore_index)
         gt, pred = gt[valid], pred[valid]
-        if pred.size and (pred.min() < 0 or pred.max() >= self.num_classes):
-            raise ValueError(f"prediction holds class ids outside 0..{self.num_classes - 1}")
         n = self.num_classes
+        undecided = pred == self.ignore_index
+        if undecided.any():
+            self.undecided += np.bincount(gt[undecided], minlength=n)
+            gt, pred = gt[~undecided], pred[~undecided]
+        if pred.size and (pred.min() < 0 or pred.max() >= n):
+            raise ValueError(f"prediction holds class ids outside 0..{n - 1} (and {self.ignore_index})")
         self.matrix += np.bincount(n * gt + pred, minlength=n * n).reshape(n, n)
         return self
 
@@ -42,6 +50,7 @@ class ConfusionMatrix:
             return NotImplemented
         out = ConfusionMatrix(self.num_classes, self.ignore_index)
         out.matrix = self.matrix + other.matrix
+        out.undecided = self.undecided + other.undecided
         return out
 
     def __radd__(self, other):
@@ -53,10 +62,10 @@ class ConfusionMatrix:
     def scores(self) -> dict:
         hist = self.matrix.astype(np.float64)
         tp = np.diag(hist)
-        gt_count = hist.sum(axis=1)
+        gt_count = hist.sum(axis=1) + self.undecided
         pred_count = hist.sum(axis=0)
         union = gt_count + pred_count - tp
-        total = hist.sum()
+        total = gt_count.sum()
         with np.errstate(divide="ignore", invalid="ignore"):
             iou = np.where(union > 0, tp / union, np.nan)
             class_acc = np.where(gt_count > 0, tp / gt_count, np.nan)
@@ -82,7 +91,9 @@ def scores_report(matrix: ConfusionMatrix, class_names, **info) -> dict:
         raise ValueError(f"{len(class_names)} class names for {matrix.num_classes} classes")
     scores = matrix.scores()
     per_class = dict(zip(class_names, scores.pop("per_class_iou")))
-    return {**info, **scores, "pixels": int(matrix.matrix.sum()), "per_class_iou": per_class}
+    pixels = int(matrix.matrix.sum() + matrix.undecided.sum())
+    return {**info, **scores, "pixels": pixels, "undecided_pixels": int(matrix.undecided.sum()),
+            "per_class_iou": per_class}
 
 
 def per_class_csv(report: dict) -> str:

@@ -36,7 +36,7 @@ def check_split(split: Split, num_classes: int, n_jobs: int = 1, chunk_size: int
     chunks = [ids[i:i + chunk_size] for i in range(0, len(ids), chunk_size)]
     jobs = (delayed(_check_chunk)(split, chunk, num_classes) for chunk in chunks)
     labels: dict[str, list[int]] = {}
-    for part in progress(Parallel(n_jobs=n_jobs, return_as="generator")(jobs),
+    for part in progress(Parallel(n_jobs=n_jobs, return_as="generator", prefer="threads")(jobs),
                          f"checking {split.name}", total=len(chunks)):
         labels.update(part)
     return labels

@@ -1,0 +1,17 @@
+"""Stage infer: multi-scale inference of the trained model on the val split (run under torchrun).
+
+Writes data/logits/<method>/val/<id>.npy ((C, h, w) logits, float16 unless infer.dtype says
+float32) and metrics/scores.json (no-CRF scores; for DuPL both students, the better one's logits
+go on to the CRF stage).
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from wsss_core.cli import run_stage  # noqa: E402
+from wsss_core.config import load_params  # noqa: E402
+from wsss_core.pipeline import run_inference  # noqa: E402
+
+if __name__ == "__main__":
+    run_stage(lambda: run_inference(load_params()))

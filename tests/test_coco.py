@@ -1,0 +1,256 @@
+"""COCO instances JSON → VOC-style masks on a hand-made 4-image annotation file."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from wsss_core.data.coco import category_map, coco_image_ids, convert_coco, render_mask
+from wsss_core.errors import DataError
+from wsss_core.io import voc_palette
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_PYTHON = REPO / ".venv/bin/python"
+PYTHON = str(VENV_PYTHON) if VENV_PYTHON.exists() else sys.executable
+
+MISSING_COCO_IDS = {12, 26, 29, 30, 45, 66, 68, 69, 71, 83}
+COCO_IDS = [i for i in range(1, 91) if i not in MISSING_COCO_IDS]
+H, W = 20, 30
+
+
+def rect_polygon(x0, y0, x1, y1):
+    """An axis-aligned rectangle; COCO rasterisation fills rows y0..y1-1 and columns x0..x1-1."""
+    return [x0, y0, x1, y0, x1, y1, x0, y1]
+
+
+def uncompressed_rle(mask: np.ndarray) -> dict:
+    """COCO's list-counts RLE: column-major runs, starting with a (possibly empty) run of zeros."""
+    flat = mask.flatten(order="F").astype(np.int64)
+    bounds = np.concatenate([[0], np.flatnonzero(np.diff(flat)) + 1, [flat.size]])
+    counts = np.diff(bounds).tolist()
+    if flat[0] == 1:
+        counts = [0] + counts
+    return {"size": list(mask.shape), "counts": counts}
+
+
+def compressed_rle(mask: np.ndarray) -> dict:
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+
+
+def box(x0, y0, x1, y1, shape=(H, W)):
+    mask = np.zeros(shape, np.uint8)
+    mask[y0:y1, x0:x1] = 1
+    return mask
+
+
+# A toothbrush-ish shape for the compressed RLE: a staircase, not a rectangle.
+STAIRS = np.zeros((H, W), np.uint8)
+for _step in range(6):
+    STAIRS[12 + _step, 20:22 + _step] = 1
+
+
+def instances_json() -> dict:
+    categories = [{"id": cid, "name": f"c{cid}", "supercategory": "x"} for cid in COCO_IDS]
+    categories = categories[::-1][40:] + categories[::-1][:40]  # unsorted on purpose
+    images = [  # unsorted by id on purpose
+        {"id": 30, "file_name": "COCO_train2014_000000000030.jpg", "height": 16, "width": 24},
+        {"id": 9, "file_name": "COCO_train2014_000000000009.jpg", "height": H, "width": W},
+        {"id": 42, "file_name": "COCO_train2014_000000000042.jpg", "height": H, "width": W},
+        {"id": 25, "file_name": "COCO_train2014_000000000025.jpg", "height": H, "width": W},
+    ]
+    annotations = [
+        # image 9: the small dog comes first in the file but must stay on top of the large person
+        {"id": 1, "image_id": 9, "category_id": 18, "iscrowd": 0,
+         "segmentation": [rect_polygon(5, 4, 10, 9)]},
+        {"id": 2, "image_id": 9, "category_id": 1, "iscrowd": 0,
+         "segmentation": [rect_polygon(2, 2, 20, 16)]},
+        # a car in two polygon parts after a degenerate 2-point part (no area; pycocotools alone
+        # would read a leading 4-number part as boxes)
+        {"id": 3, "image_id": 9, "category_id": 3, "iscrowd": 0,
+         "segmentation": [[22, 10, 26, 10], rect_polygon(22, 0, 26, 4), rect_polygon(22, 10, 26, 14)]},
+        # image 25: a crowd (uncompressed RLE) partly under a car; a toothbrush as compressed RLE
+        {"id": 4, "image_id": 25, "category_id": 1, "iscrowd": 1,
+         "segmentation": uncompressed_rle(box(5, 5, 15, 15))},
+        {"id": 5, "image_id": 25, "category_id": 3, "iscrowd": 0,
+         "segmentation": [rect_polygon(0, 0, 10, 10)]},
+        {"id": 6, "image_id": 25, "category_id": 90, "iscrowd": 0,
+         "segmentation": compressed_rle(STAIRS)},
+        # image 42: equal areas; the higher annotation id is painted last (on top)
+        {"id": 11, "image_id": 42, "category_id": 27, "iscrowd": 0,
+         "segmentation": [rect_polygon(3, 3, 9, 9)]},
+        {"id": 10, "image_id": 42, "category_id": 13, "iscrowd": 0,
+         "segmentation": [rect_polygon(0, 0, 6, 6)]},
+        # image 30 has no annotation
+    ]
+    return {"info": {}, "images": images, "annotations": annotations, "categories": categories}
+
+
+def expected_masks() -> dict[str, np.ndarray]:
+    # class ids: 1→1, 3→3, 13→12, 18→17, 27→25, 90→80 (sorted ids with gaps at 12 and 26)
+    m9 = np.zeros((H, W), np.uint8)
+    m9[2:16, 2:20] = 1
+    m9[4:9, 5:10] = 17
+    m9[0:4, 22:26] = 3
+    m9[10:14, 22:26] = 3
+    m25 = np.zeros((H, W), np.uint8)
+    m25[5:15, 5:15] = 255
+    m25[0:10, 0:10] = 3
+    m25[STAIRS == 1] = 80
+    m42 = np.zeros((H, W), np.uint8)
+    m42[0:6, 0:6] = 12
+    m42[3:9, 3:9] = 25
+    return {"COCO_train2014_000000000009": m9, "COCO_train2014_000000000025": m25,
+            "COCO_train2014_000000000030": np.zeros((16, 24), np.uint8),
+            "COCO_train2014_000000000042": m42}
+
+
+@pytest.fixture
+def ann_file(tmp_path) -> Path:
+    path = tmp_path / "instances_train2014.json"
+    path.write_text(json.dumps(instances_json()))
+    return path
+
+
+def read_png(path: Path) -> np.ndarray:
+    img = Image.open(path)
+    assert img.mode == "P"
+    return np.asarray(img)
+
+
+def test_category_map_is_sorted_and_contiguous():
+    shuffled = COCO_IDS[::-1]
+    mapping = category_map([{"id": cid} for cid in shuffled])
+    assert sorted(mapping.values()) == list(range(1, 81))
+    assert (mapping[1], mapping[11], mapping[13], mapping[18], mapping[27], mapping[90]) == (1, 11, 12, 17, 25, 80)
+    assert category_map([90, 3, 1]) == {1: 1, 3: 2, 90: 3}
+
+
+def test_masks_match_hand_computed(ann_file, tmp_path):
+    out = tmp_path / "masks"
+    summary = convert_coco(ann_file, out, progress=False)
+    assert summary == {"images": 4, "written": 4, "skipped": 0, "annotations": 8,
+                       "crowd_annotations": 1, "empty_images": 1, "categories": 80}
+    expected = expected_masks()
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{stem}.png" for stem in expected)
+    for stem, mask in expected.items():
+        np.testing.assert_array_equal(read_png(out / f"{stem}.png"), mask, err_msg=stem)
+    palette = np.asarray(Image.open(out / "COCO_train2014_000000000009.png").getpalette()).reshape(-1, 3)
+    np.testing.assert_array_equal(palette, voc_palette()[: len(palette)])
+
+
+def test_image_ids_in_id_order(ann_file):
+    assert coco_image_ids(ann_file) == [f"COCO_train2014_{i:012d}" for i in (9, 25, 30, 42)]
+
+
+def test_crowd_policies():
+    crowd_box, car_box = box(5, 5, 15, 15), box(0, 0, 10, 10)
+    anns = [(4, 1, 1, uncompressed_rle(crowd_box)), (5, 3, 0, [rect_polygon(0, 0, 10, 10)])]
+    as_class = render_mask(H, W, anns, crowd="class")
+    expected = np.zeros((H, W), np.uint8)
+    expected[crowd_box == 1] = 1
+    expected[car_box == 1] = 3  # equal areas (100 px): the higher id, the car, is painted last
+    np.testing.assert_array_equal(as_class, expected)
+    as_background = render_mask(H, W, anns, crowd="background")
+    np.testing.assert_array_equal(as_background, car_box * 3)
+
+
+def test_bytes_deterministic_across_runs_and_jobs(ann_file, tmp_path):
+    runs = [("a", 1, 256), ("b", 1, 256), ("c", 2, 1)]
+    for name, n_jobs, chunk in runs:
+        convert_coco(ann_file, tmp_path / name, n_jobs=n_jobs, progress=False, chunk_size=chunk)
+    for png in (tmp_path / "a").iterdir():
+        reference = png.read_bytes()
+        for name, *_ in runs[1:]:
+            assert (tmp_path / name / png.name).read_bytes() == reference, (name, png.name)
+
+
+def test_resume_keeps_valid_and_rewrites_invalid(ann_file, tmp_path):
+    out = tmp_path / "masks"
+    convert_coco(ann_file, out, progress=False)
+    kept = out / "COCO_train2014_000000000009.png"
+    truncated = out / "COCO_train2014_000000000025.png"
+    wrong_size = out / "COCO_train2014_000000000030.png"
+    rgb = out / "COCO_train2014_000000000042.png"
+    originals = {p: p.read_bytes() for p in (truncated, wrong_size, rgb)}
+    before = os.stat(kept)
+    truncated.write_bytes(originals[truncated][: len(originals[truncated]) // 2])
+    Image.fromarray(np.zeros((20, 30), np.uint8), "L").save(wrong_size)  # image is 16×24
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8), "RGB").save(rgb)
+    summary = convert_coco(ann_file, out, progress=False)
+    assert (summary["written"], summary["skipped"]) == (3, 1)
+    after = os.stat(kept)
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    for path, data in originals.items():
+        assert path.read_bytes() == data, path.name
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+
+
+def _broken(data: dict, change) -> dict:
+    change(data)
+    return data
+
+
+@pytest.mark.parametrize("content, problem", [
+    ("{not json", "malformed JSON"),
+    (json.dumps({"images": [], "categories": []}), "missing annotations"),
+    (json.dumps(_broken(instances_json(), lambda d: d["annotations"][4].update(category_id=12))),
+     "annotation 5 refers to unknown category id 12"),
+    (json.dumps(_broken(instances_json(), lambda d: d["annotations"][0].update(image_id=7))),
+     "annotation 1 refers to unknown image id 7"),
+    (json.dumps(_broken(instances_json(), lambda d: d["categories"].append({"id": 91}))),
+     "81 categories"),
+    (json.dumps(_broken(instances_json(), lambda d: d["annotations"][3]["segmentation"].update(size=[10, 30]))),
+     "annotation 4: RLE size [10, 30] differs"),
+])
+def test_bad_input_is_one_line_error_and_writes_nothing(tmp_path, content, problem):
+    path = tmp_path / "instances_bad.json"
+    path.write_text(content)
+    out = tmp_path / "masks"
+    with pytest.raises(DataError) as info:
+        convert_coco(path, out, progress=False)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and problem in message and "\n" not in message
+    assert not out.exists()
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WSSS_NO_PROGRESS": "1"}
+    return subprocess.run([PYTHON, "stages/convert_coco.py", *args], cwd=REPO,
+                          capture_output=True, text=True, env=env)
+
+
+def test_cli_converts_and_writes_list(ann_file, tmp_path):
+    proc = _run_cli(str(ann_file), str(tmp_path / "masks"), "--list", str(tmp_path / "train.txt"))
+    assert proc.returncode == 0, proc.stderr
+    assert "4 images (4 written, 0 kept)" in proc.stdout
+    assert (tmp_path / "train.txt").read_text().split() == coco_image_ids(ann_file)
+    np.testing.assert_array_equal(read_png(tmp_path / "masks/COCO_train2014_000000000025.png"),
+                                  expected_masks()["COCO_train2014_000000000025"])
+
+
+def test_cli_bad_input_exits_2_with_one_line(tmp_path):
+    data = _broken(instances_json(), lambda d: d["annotations"][1].update(category_id=200))
+    path = tmp_path / "instances_bad.json"
+    path.write_text(json.dumps(data))
+    proc = _run_cli(str(path), str(tmp_path / "masks"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {path}: annotation 2 refers to unknown category id 200"]
+    assert not (tmp_path / "masks").exists()
+
+
+def test_undecodable_compressed_rle_names_file_and_image(tmp_path):
+    data = _broken(instances_json(), lambda d: d["annotations"][5]["segmentation"].update(counts="!!!!"))
+    path = tmp_path / "instances_bad.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"instances_bad\.json: image COCO_train2014_000000000025: "
+                                        r"cannot decode a segmentation"):
+        convert_coco(path, tmp_path / "masks", progress=False)

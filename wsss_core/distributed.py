@@ -1,0 +1,81 @@
+"""torch.distributed set-up shared by training and inference (torchrun environment variables).
+
+CPU runs use gloo, GPU runs nccl; nothing else in the code knows which. A process started without
+torchrun is a world of one and skips process-group set-up entirely.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Context:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _pick_device(local_rank: int, device: str) -> torch.device:
+    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        from .errors import ConfigError
+
+        raise ConfigError("device 'cuda' requested but no CUDA device is available")
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
+@contextlib.contextmanager
+def distributed(device: str = "auto") -> Iterator[Context]:
+    """Join the torchrun process group (if any) for the duration of the block."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    target = _pick_device(local_rank, device)
+    if target.type == "cuda":
+        torch.cuda.set_device(target)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if target.type == "cuda" else "gloo")
+        owns_group = True
+    else:
+        owns_group = False
+    if target.type == "cpu":
+        # ranks share the machine's cores: oversubscribed BLAS threads slow everyone down
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get(
+            "LOCAL_WORLD_SIZE", world_size)))))
+    try:
+        yield Context(rank=rank, world_size=world_size, local_rank=local_rank, device=target)
+    finally:
+        if owns_group:
+            dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def broadcast_object(obj, src: int = 0):
+    """Send a picklable object from `src` to every rank (returns it everywhere)."""
+    if not dist.is_initialized():
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=src)
+    return holder[0]

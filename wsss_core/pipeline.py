@@ -1,0 +1,99 @@
+"""What the train and infer stages do, given validated params (the scripts only call these)."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from .cli import is_main_process
+from .config import Params
+from .data.datasets import (class_labels_path, class_names, logits_dir, pseudo_label_dir,
+                            resolve_split)
+from .data.train_set import TrainSet
+from .distributed import distributed
+from .errors import DataError
+from .evaluate import score_folder
+from .infer import file_digest, infer_logits, prepare_output
+from .io import atomic_dir, write_json
+from .methods import create_method
+from .metrics import scores_report
+from .models import load_checkpoint
+from .presets import effective_train_config
+from .train import folder_digest, train, write_train_summary
+
+MODELS_DIR = Path("models")
+TRAIN_LIVE_DIR = Path("metrics/train")
+TRAIN_SUMMARY = Path("metrics/train.json")
+SCORES = Path("metrics/scores.json")
+
+
+def model_path(params: Params) -> Path:
+    return MODELS_DIR / params.method / "model.pth"
+
+
+def run_training(params: Params) -> dict:
+    config = effective_train_config(params)
+    method = create_method(params.method, params.num_classes, config)
+    split = resolve_split(params, "train")
+    if method.family == "deeplab":
+        labels = pseudo_label_dir(params)
+        if not labels.is_dir():
+            raise DataError(labels, "pseudo labels not found (run the pseudo_labels stage)")
+        dataset = TrainSet(split, "deeplab", params.num_classes, config["crop"], params.seed,
+                           label_dir=labels, scales=config["train_scales"],
+                           strong_view=method.needs_strong_view)
+        inputs = labels
+    else:
+        inputs = class_labels_path(params)
+        dataset = TrainSet(split, "dupl", params.num_classes, config["crop"], params.seed,
+                           class_labels=inputs, strong_view=method.needs_strong_view)
+    # a checkpoint is resumed only by a run of the same configuration on the same labels
+    identity = {**config, "method": params.method, "dataset": params.dataset,
+                "labels_digest": folder_digest(inputs) if inputs.is_dir() else file_digest(inputs)}
+    with distributed(params.train.device) as ctx:
+        summary = train(method, dataset, ctx, identity, MODELS_DIR / params.method, TRAIN_LIVE_DIR)
+        if ctx.is_main:
+            write_train_summary(TRAIN_SUMMARY, summary, config)
+            print(f"trained {params.method}: {summary['iterations']} iterations, effective batch "
+                  f"{summary['effective_batch']}, {summary['wall_time_s']} s", flush=True)
+    return summary
+
+
+def run_inference(params: Params) -> dict | None:
+    config = effective_train_config(params)
+    method = create_method(params.method, params.num_classes, {**config, "init_weights": ""})
+    weights = model_path(params)
+    split = resolve_split(params, "val")
+    final_dir = logits_dir(params, "val")
+    predictors = method.predictors()
+    if len(predictors) == 1:
+        out_dirs = {name: final_dir for name in predictors}
+    else:  # one folder per predictor (DuPL student); the better one is copied to final_dir
+        out_dirs = {name: final_dir.parent / f"{final_dir.name}_{name}" for name in predictors}
+    with distributed(params.infer.device) as ctx:
+        model = method.build_model()
+        load_checkpoint(model, weights)
+        model.to(ctx.device)
+        digest = file_digest(weights)
+        for folder in out_dirs.values():
+            prepare_output(folder, digest, ctx)
+        infer_logits(model, predictors, method.family, split, out_dirs, params.num_classes, ctx,
+                     params.infer.dtype)
+        if not ctx.is_main:
+            return None
+        names = class_names(params)
+        reports = {name: scores_report(score_folder(folder, split, params.num_classes, "logits",
+                                                    n_jobs=params.evaluate.n_jobs), names)
+                   for name, folder in out_dirs.items()}
+        best = max(reports, key=lambda n: reports[n]["miou"] or 0.0)
+        if out_dirs[best] != final_dir:
+            with atomic_dir(final_dir) as tmp:
+                for path in out_dirs[best].iterdir():
+                    shutil.copy2(path, tmp / path.name)
+        report = {"method": params.method, "split": "val", "crf": False, **reports[best]}
+        if len(reports) > 1:
+            report["predictor"] = best
+            report["predictors_miou"] = {name: r["miou"] for name, r in reports.items()}
+        write_json(SCORES, report)
+        if is_main_process():
+            print(f"{params.method} val mIoU (no CRF): {report['miou']:.4f}", flush=True)
+        return report

@@ -1,0 +1,213 @@
+"""The one training loop. Methods plug in through `wsss_core.methods.TrainingMethod`.
+
+Iteration-based (not epochs), DDP over torchrun ranks (gloo on CPU, nccl on GPU) with a
+`DistributedSampler`, gradient accumulation over `iter_size` batches (gradients synchronised only
+on the last one), the method's LR schedule applied before every optimiser step, checkpoints every
+`checkpoint_every` iterations, and resume from the newest checkpoint when a run with the same
+configuration was interrupted. Rank 0 alone writes files, logs to DVCLive and shows progress.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import json
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+from .cli import progress
+from .distributed import Context, all_reduce_sum, barrier, broadcast_object
+from .io import atomic_path, write_json
+from .methods import TrainingMethod
+
+CHECKPOINT_GLOB = "checkpoint_*.pth"
+
+
+def fingerprint(config: dict) -> str:
+    """Identifies a run's configuration; a checkpoint is resumed only by the same configuration."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    found = sorted(directory.glob(CHECKPOINT_GLOB), key=lambda p: int(p.stem.split("_")[1]))
+    return found[-1] if found else None
+
+
+def folder_digest(folder: Path) -> str:
+    """Content digest of the files in `folder` (the training labels a checkpoint was made from)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def _save(obj, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def _batches(loader: DataLoader, sampler: DistributedSampler, epoch: int) -> Iterator[tuple[int, dict]]:
+    """Endless stream of batches; a new epoch reshuffles (sampler) and re-augments (dataset)."""
+    while True:
+        sampler.set_epoch(epoch)
+        loader.dataset.set_epoch(epoch)
+        for batch in loader:
+            yield epoch, batch
+        epoch += 1
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def train(method: TrainingMethod, dataset, ctx: Context, config: dict, out_dir: Path,
+          live_dir: Path | None = None) -> dict:
+    """Train `method` on `dataset` as configured; returns the summary written to metrics.
+
+    `config` is the effective training configuration (preset + overrides); it must hold
+    iterations, batch_size (global, split over the ranks), iter_size, num_workers,
+    checkpoint_every, log_every, seed; anything else in it (e.g. a digest of the training
+    labels) only serves to tell whether a checkpoint belongs to this run.
+    """
+    iterations, iter_size = config["iterations"], config["iter_size"]
+    if config["batch_size"] % ctx.world_size:
+        from .errors import ConfigError
+
+        raise ConfigError(f"train.batch_size {config['batch_size']} is not divisible by the "
+                          f"{ctx.world_size} processes")
+    batch_size = config["batch_size"] // ctx.world_size
+    ckpt_dir = out_dir / "checkpoints"
+    run_id = fingerprint(config)
+    torch.manual_seed(config["seed"] + ctx.rank)
+    np.random.seed(config["seed"] + ctx.rank)
+
+    model = method.build_model().to(ctx.device)
+    optimizer = method.optimizer(model)
+
+    # resume: rank 0 decides, every rank loads the same file
+    resume_from = None
+    if ctx.is_main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        candidate = latest_checkpoint(ckpt_dir)
+        if candidate is not None:
+            meta = torch.load(candidate, map_location="cpu", weights_only=False)
+            if meta.get("fingerprint") == run_id:
+                resume_from = str(candidate)
+            else:  # another configuration's checkpoints: start afresh
+                for stale in ckpt_dir.glob(CHECKPOINT_GLOB):
+                    stale.unlink()
+    resume_from = broadcast_object(resume_from)
+    start, epoch = 0, 0
+    if resume_from is not None:
+        state = torch.load(resume_from, map_location=ctx.device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, epoch = state["iteration"], state["epoch"] + 1
+        if ctx.is_main:
+            print(f"resuming from {resume_from} (iteration {start})", flush=True)
+
+    net = model
+    if ctx.world_size > 1:
+        net = DistributedDataParallel(
+            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+            find_unused_parameters=method.find_unused_parameters)
+
+    sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+                                 seed=config["seed"], drop_last=True)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
+                        num_workers=config["num_workers"], pin_memory=ctx.device.type == "cuda",
+                        persistent_workers=False)
+    if len(loader) == 0:
+        from .errors import ConfigError
+
+        raise ConfigError(f"train.batch_size {config['batch_size']} exceeds the "
+                          f"{len(dataset)} training images")
+    batches = _batches(loader, sampler, epoch)
+
+    live = None
+    if ctx.is_main and live_dir is not None:
+        from dvclive import Live
+
+        live = Live(dir=str(live_dir), resume=resume_from is not None, dvcyaml=None,
+                    save_dvc_exp=False, report=None)
+
+    effective_batch = config["batch_size"] * iter_size
+    started = time.time()
+    sums: dict[str, float] = {}
+    count = 0
+    last_terms: dict[str, float] = {}
+    model.train()
+    method.on_train_mode(model)
+    for iteration in progress(range(start + 1, iterations + 1), f"train {method.name}",
+                              total=iterations - start):
+        factor = method.lr_factor(iteration)
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+        optimizer.zero_grad(set_to_none=True)
+        for micro in range(iter_size):
+            epoch, batch = next(batches)
+            sync = micro == iter_size - 1 or ctx.world_size == 1
+            with contextlib.nullcontext() if sync else net.no_sync():
+                loss, terms = method.training_loss(net, _to_device(batch, ctx.device), iteration)
+                (loss / iter_size).backward()
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + float(value) / iter_size
+        optimizer.step()
+        count += 1
+
+        if iteration % config["log_every"] == 0 or iteration == iterations:
+            names = sorted(sums)
+            stacked = torch.tensor([sums[n] for n in names] + [float(count)], dtype=torch.float64)
+            stacked = all_reduce_sum(stacked)  # mean over ranks and logged iterations
+            last_terms = {n: float(v) / float(stacked[-1]) for n, v in zip(names, stacked[:-1])}
+            if live is not None:
+                live.step = iteration
+                for name, value in last_terms.items():
+                    live.log_metric(f"train/{name}", value)
+                for index, group in enumerate(optimizer.param_groups):
+                    live.log_metric(f"lr/{group.get('name', index)}", group["lr"])
+                live.next_step()
+            sums, count = {}, 0
+
+        if iteration % config["checkpoint_every"] == 0 or iteration == iterations:
+            if ctx.is_main:
+                path = ckpt_dir / f"checkpoint_{iteration}.pth"
+                _save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                       "iteration": iteration, "epoch": epoch, "fingerprint": run_id}, path)
+                for old in ckpt_dir.glob(CHECKPOINT_GLOB):
+                    if old != path:
+                        old.unlink()
+            barrier()
+
+    wall_time = time.time() - started
+    summary = {
+        "method": method.name,
+        "iterations": iterations,
+        "resumed_from_iteration": start,
+        "world_size": ctx.world_size,
+        "batch_size": config["batch_size"],
+        "batch_per_process": batch_size,
+        "iter_size": iter_size,
+        "effective_batch": effective_batch,
+        "device": ctx.device.type,
+        "wall_time_s": round(wall_time, 1),
+        "final_losses": last_terms,
+    }
+    if ctx.is_main:
+        _save(model.state_dict(), out_dir / "model.pth")
+        if live is not None:
+            live.end()
+    barrier()
+    return summary
+
+
+def write_train_summary(path: Path, summary: dict, config: dict) -> None:
+    write_json(path, {**summary, "config": json.loads(json.dumps(config, default=str))})
+
