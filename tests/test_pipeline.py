@@ -14,6 +14,7 @@ from tests.conftest import copy_repo
 pytestmark = pytest.mark.slow
 
 TINY = {"num_train": 12, "num_val": 4, "min_size": 40, "max_size": 56}
+ALL_STAGES = {"prepare_data", "pseudo_labels", "evaluate_pseudo_labels", "train", "infer"}
 
 
 def _env():
@@ -42,6 +43,9 @@ def repo(tmp_path_factory):
     repo = copy_repo(tmp_path_factory.mktemp("clone") / "repo")
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["data"]["synthetic"].update(TINY)
+    params["train"].update({"nproc": 1, "iterations": 4, "batch_size": 2, "crop": 48,
+                            "checkpoint_every": 2, "log_every": 2})
+    params["infer"]["nproc"] = 1
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(repo, "git", "init", "-q")
     dvc(repo, "init", "-q")
@@ -53,9 +57,13 @@ def repo(tmp_path_factory):
 
 def test_repro_then_noop(repo):
     out = dvc(repo, "repro")
-    assert ran(out) == {"prepare_data", "pseudo_labels", "evaluate_pseudo_labels"}
+    assert ran(out) == ALL_STAGES
     miou = json.loads((repo / "metrics/pseudo_labels.json").read_text())["miou"]
     assert 0.3 < miou < 1.0
+    scores = json.loads((repo / "metrics/scores.json").read_text())
+    assert scores["method"] == "baseline" and 0.0 <= scores["miou"] <= 1.0
+    logits = sorted((repo / "data/logits/baseline/val").glob("*.npy"))
+    assert len(logits) == TINY["num_val"]
     out = dvc(repo, "repro")
     assert ran(out) == set() and "up to date" in out
     assert "miou" in dvc(repo, "metrics", "show")
@@ -69,7 +77,7 @@ def test_push_pull_restores_pseudo_labels_byte_identical(repo, tmp_path):
     dvc(repo, "push")
     shutil.rmtree(repo / ".dvc/cache")
     shutil.rmtree(labels)
-    dvc(repo, "pull", "pseudo_labels")
+    dvc(repo, "pull")
     assert {p.name: p.read_bytes() for p in labels.iterdir()} == before
 
 
@@ -78,6 +86,13 @@ def test_exp_run_noise_reruns_only_dependents(repo):
     sh(repo, "git", "commit", "-qm", "lock")
     before = json.loads((repo / "metrics/pseudo_labels.json").read_text())["miou"]
     out = dvc(repo, "exp", "run", "-S", "data.noise=0.9")
-    assert ran(out) == {"pseudo_labels", "evaluate_pseudo_labels"}
+    assert ran(out) == {"pseudo_labels", "evaluate_pseudo_labels", "train", "infer"}
     after = json.loads((repo / "metrics/pseudo_labels.json").read_text())["miou"]
     assert after < before
+
+
+def test_exp_run_switches_method(repo):
+    out = dvc(repo, "exp", "run", "-S", "method=cdl_b")
+    assert ran(out) == {"train", "infer"}
+    assert json.loads((repo / "metrics/scores.json").read_text())["method"] == "cdl_b"
+    assert (repo / "models/cdl_b/model.pth").is_file()

@@ -106,7 +106,9 @@ def _color_jitter(img: Image.Image, rng: np.random.Generator, brightness: float,
 def cdl_strong_view(image_rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """CDL-e's strong photometric view: ColorJitter(0.5, 0.5, 0.5, 0.25) p=0.8, grayscale p=0.2,
     Gaussian blur radius U(0.1, 2.0) p=0.5; no geometric change."""
-    img = Image.fromarray(np.asarray(image_rgb, dtype=np.uint8))
+    if image_rgb.dtype != np.uint8 or image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) uint8 image, got {image_rgb.dtype} {image_rgb.shape}")
+    img = Image.fromarray(image_rgb)
     if rng.random() < 0.8:
         img = _color_jitter(img, rng, 0.5, 0.5, 0.5, 0.25)
     if rng.random() < 0.2:

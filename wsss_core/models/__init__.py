@@ -1,0 +1,181 @@
+"""Model registry and weight loading.
+
+`build_model(method, num_classes, **model_params)` looks the method up in `MODEL_BUILDERS`
+(a plain dict name → builder) and checks `model_params` against the builder's keyword arguments,
+so a misspelt parameter is a one-line `ConfigError`.
+
+`load_init_weights` loads backbone init weights (e.g. the Caffe-converted DeepLab ResNet-101,
+keys like ``layer4.block7.conv3x3.conv.weight`` plus an unused ``fc.*``) into `model.base`,
+non-strictly; `load_checkpoint` loads a whole-model state dict (keys ``base.*``), strictly by
+default. Both return a `LoadReport` naming the missing and unexpected keys; a shape mismatch is a
+`WsssError` naming the key and both shapes, a missing or unreadable file a `DataError`.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, DataError, WsssError
+from .deeplab_v2 import MSC, MscOutputs, build_baseline, build_cdl_b, build_cdl_e
+from .resnet import freeze_batchnorm
+
+
+def _build_dupl(num_classes: int, **params: Any) -> nn.Module:
+    from .vit_seg import build_dupl_model  # imported lazily: pulls in timm
+
+    return build_dupl_model(num_classes, **params)
+
+
+MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "baseline": build_baseline,
+    "cdl_b": build_cdl_b,
+    "cdl_e": build_cdl_e,
+    "dupl": _build_dupl,
+}
+
+
+def _builder_signature(method: str) -> inspect.Signature:
+    if method == "dupl":
+        from .vit_seg import build_dupl_model
+
+        return inspect.signature(build_dupl_model)
+    return inspect.signature(MODEL_BUILDERS[method])
+
+
+def build_model(method: str, num_classes: int, **model_params: Any) -> nn.Module:
+    """Build the network of `method` (baseline | cdl_b | cdl_e | dupl) for `num_classes`."""
+    if method not in MODEL_BUILDERS:
+        raise ConfigError(f"unknown method '{method}' (allowed: {', '.join(MODEL_BUILDERS)})")
+    parameters = _builder_signature(method).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    allowed = [name for name in parameters if name != "num_classes"
+               and parameters[name].kind is not inspect.Parameter.VAR_KEYWORD]
+    for name in model_params:
+        if not takes_any and name not in allowed:
+            raise ConfigError(f"model parameter '{name}' is not used by method '{method}' "
+                              f"(allowed: {', '.join(allowed)})")
+    return MODEL_BUILDERS[method](num_classes, **model_params)
+
+
+# --------------------------------------------------------------------------- weights
+@dataclass
+class LoadReport:
+    """Outcome of a non-failing load: key names loaded, missing from the file, not in the model."""
+
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+    def summary(self, max_names: int = 8) -> str:
+        def names(keys: list[str]) -> str:
+            shown = ", ".join(keys[:max_names])
+            more = len(keys) - max_names
+            return shown + (f", ... ({more} more)" if more > 0 else "")
+
+        lines = [f"{self.source}: loaded {len(self.loaded)} tensors"]
+        if self.missing:
+            lines.append(f"  missing (kept their initialisation): {names(self.missing)}")
+        if self.unexpected:
+            lines.append(f"  unexpected (ignored): {names(self.unexpected)}")
+        return "\n".join(lines)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel / DataParallel wrappers."""
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    return model
+
+
+def _strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    if state and all(key.startswith(prefix) for key in state):
+        return {key[len(prefix):]: value for key, value in state.items()}
+    return state
+
+
+def read_state_dict(source: str | Path | Mapping[str, torch.Tensor]
+                    ) -> tuple[dict[str, torch.Tensor], str]:
+    """A state dict from a mapping or a `.pth` file (read with weights_only=True), with a
+    DataParallel `module.` prefix removed. A file holding a training checkpoint dict is accepted
+    when its `state_dict` or `model` entry is the state dict. Returns (state, description)."""
+    if isinstance(source, Mapping):
+        obj: Any = source
+        where = "state dict"
+    else:
+        path = Path(source)
+        where = str(path)
+        if not path.is_file():
+            raise DataError(path, "weights file not found")
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DataError(path, f"cannot read weights ({detail})") from None
+    if isinstance(obj, Mapping) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        nested = next((obj[k] for k in ("state_dict", "model") if isinstance(obj.get(k), Mapping)),
+                      None)
+        obj = nested if nested is not None else obj
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise DataError(where, "does not contain a state dict of tensors")
+    return _strip_prefix(dict(obj), "module."), where
+
+
+def _load_into(target: nn.Module, state: dict[str, torch.Tensor], where: str,
+               key_prefix: str = "", strict: bool = False) -> LoadReport:
+    own = target.state_dict()
+    for key, value in state.items():
+        if key in own and tuple(own[key].shape) != tuple(value.shape):
+            raise WsssError(f"{where}: '{key_prefix}{key}' has shape {tuple(value.shape)} in the "
+                            f"weights but {tuple(own[key].shape)} in the model "
+                            "(wrong number of classes or architecture?)")
+    report = LoadReport(
+        source=where,
+        loaded=[key_prefix + k for k in own if k in state],
+        missing=[key_prefix + k for k in own if k not in state],
+        unexpected=[k for k in state if k not in own],  # as named in the file
+    )
+    if strict and (report.missing or report.unexpected):
+        problems = []
+        for what, keys in (("missing", report.missing), ("unexpected", report.unexpected)):
+            if keys:
+                problems.append(f"{len(keys)} {what} keys ({', '.join(keys[:5])}"
+                                f"{', ...' if len(keys) > 5 else ''})")
+        raise WsssError(f"{where}: checkpoint does not match the model: " + "; ".join(problems))
+    target.load_state_dict(state, strict=False)
+    return report
+
+
+def load_init_weights(model: nn.Module, source: str | Path | Mapping[str, torch.Tensor]
+                      ) -> LoadReport:
+    """Load backbone init weights into `model.base` (or `model` if it has no `base`),
+    non-strictly, as the original `model.base.load_state_dict(init, strict=False)`.
+
+    Keys may come with or without the `base.` prefix. BatchNorm `num_batches_tracked` counters
+    absent from the file are not reported as missing (frozen BN never reads them)."""
+    state, where = read_state_dict(source)
+    target = unwrap(model)
+    prefix = ""
+    if isinstance(getattr(target, "base", None), nn.Module):
+        target, prefix = target.base, "base."
+        state = _strip_prefix(state, "base.")
+    report = _load_into(target, state, where, key_prefix=prefix)
+    report.missing = [k for k in report.missing if not k.endswith("num_batches_tracked")]
+    return report
+
+
+def load_checkpoint(model: nn.Module, source: str | Path | Mapping[str, torch.Tensor],
+                    strict: bool = True) -> LoadReport:
+    """Load a whole-model state dict (e.g. a trained checkpoint, keys `base.*`). With `strict`,
+    any missing or unexpected key is a `WsssError` listing them."""
+    state, where = read_state_dict(source)
+    return _load_into(unwrap(model), state, where, strict=strict)
+
+
+__all__ = ["MODEL_BUILDERS", "build_model", "LoadReport", "load_init_weights", "load_checkpoint",
+           "read_state_dict", "unwrap", "freeze_batchnorm", "MSC", "MscOutputs"]

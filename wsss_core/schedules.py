@@ -1,0 +1,34 @@
+"""Learning-rate schedules shared by the methods (pure functions of the iteration number).
+
+DeepLab v2 / CDL: polynomial decay lr = base · (1 − k/max_iter)^power evaluated only every
+`step_size` iterations (upstream `PolynomialLR` stepped with `scheduler.step(epoch=it)` after each
+optimiser step): iterations 1..10 use the base lr, 11..20 the factor of k = 10, and so on; the lr
+stops changing after `max_iter`.
+
+Param groups carry their undecayed lr as ``initial_lr`` (see
+`methods.baseline.deeplab_param_groups`); `set_lr_factor` multiplies it by a schedule factor.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def stepped_poly_factor(iteration: int, max_iter: int, step_size: int = 10,
+                        power: float = 0.9) -> float:
+    """Factor of the lr used by the optimiser step of `iteration` (1-based) under DeepLab's
+    poly schedule updated every `step_size` iterations."""
+    if iteration < 1 or max_iter < 1 or step_size < 1:
+        raise ValueError(f"need iteration >= 1, max_iter >= 1, step_size >= 1 "
+                         f"(got {iteration}, {max_iter}, {step_size})")
+    # the last scheduler update before this iteration happened after iteration k
+    last_update = min(((iteration - 1) // step_size) * step_size,
+                      (max_iter // step_size) * step_size)
+    return (1 - last_update / max_iter) ** power
+
+
+def set_lr_factor(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    """Set every group's lr to its ``initial_lr`` × factor (a group without ``initial_lr``
+    records its current lr as such first)."""
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+        group["lr"] = group["initial_lr"] * factor
