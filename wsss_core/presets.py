@@ -31,7 +31,7 @@ DEEPLAB_PRESETS = {
     # BatchNorm learns (the paper configs freeze it around pretrained statistics)
     "demo": {
         **_DEEPLAB_COMMON,
-        "iterations": 300, "batch_size": 8, "iter_size": 1, "crop": 96, "lr": 0.01,
+        "iterations": 300, "batch_size": 8, "iter_size": 1, "crop": 96, "lr": 0.005,
         "train_scales": [0.75, 1.0, 1.25], "checkpoint_every": 100, "log_every": 10,
         "num_workers": 0, "init_weights": "",
         "model": {"blocks": [1, 1, 1, 1], "width": 16, "msc_scales": [0.5, 0.75],

@@ -23,9 +23,14 @@ from torch.utils.data import DataLoader, DistributedSampler
 from .cli import progress
 from .distributed import Context, all_reduce_sum, barrier, broadcast_object
 from .io import atomic_path, write_json
+from .errors import ConfigError, WsssError
 from .methods import TrainingMethod
 
 CHECKPOINT_GLOB = "checkpoint_*.pth"
+
+
+class TrainingDiverged(WsssError):
+    """The loss became NaN or infinite."""
 
 
 def fingerprint(config: dict) -> str:
@@ -77,8 +82,6 @@ def train(method: TrainingMethod, dataset, ctx: Context, config: dict, out_dir: 
     """
     iterations, iter_size = config["iterations"], config["iter_size"]
     if config["batch_size"] % ctx.world_size:
-        from .errors import ConfigError
-
         raise ConfigError(f"train.batch_size {config['batch_size']} is not divisible by the "
                           f"{ctx.world_size} processes")
     batch_size = config["batch_size"] // ctx.world_size
@@ -124,8 +127,6 @@ def train(method: TrainingMethod, dataset, ctx: Context, config: dict, out_dir: 
                         num_workers=config["num_workers"], pin_memory=ctx.device.type == "cuda",
                         persistent_workers=False)
     if len(loader) == 0:
-        from .errors import ConfigError
-
         raise ConfigError(f"train.batch_size {config['batch_size']} exceeds the "
                           f"{len(dataset)} training images")
     batches = _batches(loader, sampler, epoch)
@@ -166,6 +167,10 @@ def train(method: TrainingMethod, dataset, ctx: Context, config: dict, out_dir: 
             stacked = torch.tensor([sums[n] for n in names] + [float(count)], dtype=torch.float64)
             stacked = all_reduce_sum(stacked)  # mean over ranks and logged iterations
             last_terms = {n: float(v) / float(stacked[-1]) for n, v in zip(names, stacked[:-1])}
+            if not all(np.isfinite(v) for v in last_terms.values()):
+                # every rank sees the same reduced values, so all stop together
+                raise TrainingDiverged(f"loss is {last_terms} at iteration {iteration}; lower "
+                                       f"train.lr or check the labels")
             if live is not None:
                 live.step = iteration
                 for name, value in last_terms.items():

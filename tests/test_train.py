@@ -1,0 +1,122 @@
+"""The shared training loop run as the pipeline runs it (torchrun): DDP gradient averaging and
+resume after a kill."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from tests.conftest import copy_repo, make_voc_dataset, run_script
+from wsss_core.io import write_label
+
+pytestmark = pytest.mark.slow
+
+
+def torchrun(repo: Path, nproc: int | None, *, wait=True):
+    """Run the train stage under torchrun with `nproc` processes (None: plain python, one process)."""
+    cmd = [sys.executable, "stages/train.py"] if nproc is None else [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc-per-node={nproc}",
+        "--rdzv-backend=c10d", "--rdzv-endpoint=localhost:0", "stages/train.py"]
+    env = {**os.environ, "WSSS_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    if not wait:
+        return subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture
+def repo(tmp_path):
+    """A repo copy on a tiny VOC-layout dataset whose pseudo labels have no ignore pixels and whose
+    images equal the crop size, so every process sees the same number of valid pixels."""
+    repo = copy_repo(tmp_path / "repo")
+    ids = [f"t{i}" for i in range(8)]
+    gts = make_voc_dataset(repo / "voc/VOC2012", {"train": ids, "val": ["v0", "v1"]}, size=(32, 32))
+    for image_id, gt in gts.items():
+        label = np.where(gt == 255, 0, gt)
+        write_label(repo / "labels" / f"{image_id}.png", label)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params.update(dataset="voc12", method="baseline")
+    params["data"]["voc12"]["root"] = "voc/VOC2012"
+    params["pseudo_labels"] = {"name": "tiny", "source": "labels"}
+    params["train"].update(iterations=3, batch_size=4, iter_size=1, crop=32, lr=0.01,
+                           log_every=1, checkpoint_every=1, device="cpu")
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # frozen BN and a single training scale: per-sample computation independent of the batch split
+    preset_patch = repo / "wsss_core" / "presets.py"
+    text = preset_patch.read_text()
+    text = text.replace('"train_scales": [0.75, 1.0, 1.25]', '"train_scales": [1.0]')
+    text = text.replace('"test_scales": [0.5, 0.75], "freeze_bn": False}',
+                        '"test_scales": [0.5, 0.75], "freeze_bn": True}')
+    preset_patch.write_text(text)
+    run_script(repo, "stages/prepare_data.py", check=True)
+    run_script(repo, "stages/pseudo_labels.py", check=True)
+    return repo
+
+
+def _losses(repo):
+    rows = (repo / "metrics/train/plots/metrics/train/loss.tsv").read_text().split("\n")[1:]
+    return [float(r.split("\t")[1]) for r in rows if r]
+
+
+def test_two_processes_equal_one_process(repo):
+    torchrun(repo, 1)
+    one = _losses(repo)
+    weights_one = torch.load(repo / "models/baseline/model.pth", weights_only=True)
+    for path in ("models/baseline/checkpoints", "metrics/train"):
+        for f in sorted((repo / path).rglob("*"), reverse=True):
+            f.unlink() if f.is_file() else f.rmdir()
+    torchrun(repo, 2)
+    two = _losses(repo)
+    weights_two = torch.load(repo / "models/baseline/model.pth", weights_only=True)
+    assert len(one) == len(two) == 3
+    assert np.allclose(one, two, rtol=1e-4, atol=0), (one, two)
+    assert one[0] != one[-1]  # the model did learn between the compared steps
+    for key in weights_one:
+        assert torch.allclose(weights_one[key].float(), weights_two[key].float(), atol=1e-5), key
+    summary = json.loads((repo / "metrics/train.json").read_text())
+    assert summary["world_size"] == 2 and summary["effective_batch"] == 4
+
+
+def test_killed_run_resumes_from_checkpoint(repo):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"].update(iterations=40, checkpoint_every=5, log_every=5, lr=0.001)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    proc = torchrun(repo, None, wait=False)  # one process we can kill outright
+    ckpt_dir = repo / "models/baseline/checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(ckpt_dir.glob("checkpoint_*.pth")):
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    saved = sorted(int(p.stem.split("_")[1]) for p in ckpt_dir.glob("checkpoint_*.pth"))
+    assert saved and not (repo / "models/baseline/model.pth").exists()
+    done = saved[-1]
+    assert done < 40
+    out = torchrun(repo, 1)
+    assert f"resuming from models/baseline/checkpoints/checkpoint_{done}.pth" in out
+    summary = json.loads((repo / "metrics/train.json").read_text())
+    assert summary["resumed_from_iteration"] == done and summary["iterations"] == 40
+    assert (repo / "models/baseline/model.pth").is_file()
+    steps = [int(r.split("\t")[0]) for r in
+             (repo / "metrics/train/plots/metrics/train/loss.tsv").read_text().split("\n")[1:] if r]
+    assert steps[-1] == 40
+
+
+def test_changed_configuration_does_not_resume(repo):
+    torchrun(repo, 1)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["lr"] = 0.005
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = torchrun(repo, 1)
+    assert "resuming" not in out
+    assert json.loads((repo / "metrics/train.json").read_text())["resumed_from_iteration"] == 0
