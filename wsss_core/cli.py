@@ -35,4 +35,5 @@ def is_main_process() -> bool:
 def progress(items: Iterable[T], desc: str, total: int | None = None) -> Iterable[T]:
     """A tqdm bar on rank 0 only; WSSS_NO_PROGRESS=1 turns bars off (tests, logs)."""
     disable = not is_main_process() or os.environ.get("WSSS_NO_PROGRESS") == "1"
-    return tqdm(items, desc=desc, total=total, disable=disable, dynamic_ncols=True, leave=False)
+    return tqdm(items, desc=desc, total=total, disable=disable, dynamic_ncols=True, leave=False,
+                mininterval=1.0)

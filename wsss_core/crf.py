@@ -27,6 +27,7 @@ from .data.datasets import Split
 from .errors import DataError, WsssError
 from .io import (IGNORE_INDEX, atomic_dir, atomic_path, colorize, image_size, read_image, read_json,
                  read_label, read_logits, write_image, write_json, write_label)
+from .evaluate import softmax, upsample_bilinear
 from .metrics import ConfusionMatrix
 
 # Caffe/DeepLab mean colour that CDL subtracts (B 104.008, G 116.669, R 122.675), in RGB order.
@@ -101,53 +102,6 @@ def dense_crf(image: np.ndarray, prob: np.ndarray, params) -> np.ndarray:
                              compat=params.bi_w)
     marginals = crf.inference(params.iter_max)
     return np.asarray(marginals, dtype=np.float32).reshape(num_classes, height, width)
-
-
-def _fma(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """float32 a·b + c rounded once, like a fused multiply-add (the float32 product is exact
-    in float64)."""
-    out = a.astype(np.float64)
-    out *= b
-    out += c
-    return out.astype(np.float32)
-
-
-def _linear_taps(in_size: int, out_size: int):
-    """Source indices and weights of 1-D linear resampling with align_corners=False."""
-    scale = np.float32(in_size) / np.float32(out_size)
-    centre = np.arange(out_size, dtype=np.float32) + np.float32(0.5)
-    src = np.maximum(_fma(np.full(out_size, scale), centre, np.float32(-0.5)), np.float32(0))
-    low = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
-    lam = np.clip(src - low.astype(np.float32), np.float32(0), np.float32(1))
-    high = np.where(low < in_size - 1, low + 1, low)
-    return low, high, np.float32(1) - lam, lam
-
-
-def upsample_bilinear(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """C×h×w → C×H×W float32 like torch's F.interpolate(mode="bilinear", align_corners=False).
-
-    NumPy, so CRF workers need not import torch (≈0.5 GB RSS and seconds of start-up each).
-    The operation order and the fused multiply-adds of torch's CPU kernel are reproduced: for
-    stride-8 grids upsampled to their image it equals torch 2.x bit for bit (checked over a
-    range of sizes), in the remaining corner cases it is within 1 ulp.
-    """
-    x = np.asarray(logits, dtype=np.float32)
-    if x.shape[1:] == tuple(size):
-        return x.copy()
-    y0, y1, wy0, wy1 = _linear_taps(x.shape[1], size[0])
-    x0, x1, wx0, wx1 = _linear_taps(x.shape[2], size[1])
-
-    # torch: out = fma(row(y0), wy0, row(y1)·wy1) with row(r) = fma(x[r,x0], wx0, x[r,x1]·wx1);
-    # rows are resampled once per source row (h ≪ H), then gathered
-    rows = _fma(x[:, :, x0], wx0, x[:, :, x1] * wx1)
-    return _fma(rows[:, y0], wy0[:, None], rows[:, y1] * wy1[:, None])
-
-
-def softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
-    out = logits - logits.max(axis=axis, keepdims=True)
-    np.exp(out, out=out)
-    out /= out.sum(axis=axis, keepdims=True)
-    return out
 
 
 def upsampled_softmax(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:

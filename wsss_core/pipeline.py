@@ -13,9 +13,9 @@ from .distributed import distributed
 from .errors import DataError
 from .evaluate import score_folder
 from .infer import file_digest, infer_logits, prepare_output
-from .io import atomic_dir, write_json
+from .io import atomic_dir, write_json, write_text
 from .methods import create_method
-from .metrics import scores_report
+from .metrics import per_class_csv, scores_report
 from .models import load_checkpoint
 from .presets import effective_train_config
 from .train import folder_digest, train, write_train_summary
@@ -94,6 +94,7 @@ def run_inference(params: Params) -> dict | None:
             report["predictor"] = best
             report["predictors_miou"] = {name: r["miou"] for name, r in reports.items()}
         write_json(SCORES, report)
+        write_text(SCORES.with_name("scores_per_class.csv"), per_class_csv(report))
         if is_main_process():
             print(f"{params.method} val mIoU (no CRF): {report['miou']:.4f}", flush=True)
         return report

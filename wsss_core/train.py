@@ -184,7 +184,8 @@ def train(method: TrainingMethod, dataset, ctx: Context, config: dict, out_dir: 
             if ctx.is_main:
                 path = ckpt_dir / f"checkpoint_{iteration}.pth"
                 _save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                       "iteration": iteration, "epoch": epoch, "fingerprint": run_id}, path)
+                       "iteration": iteration, "epoch": epoch, "fingerprint": run_id,
+                       "config": json.loads(json.dumps(config, default=str))}, path)
                 for old in ckpt_dir.glob(CHECKPOINT_GLOB):
                     if old != path:
                         old.unlink()
@@ -213,5 +214,6 @@ def train(method: TrainingMethod, dataset, ctx: Context, config: dict, out_dir: 
 
 
 def write_train_summary(path: Path, summary: dict, config: dict) -> None:
-    write_json(path, {**summary, "config": json.loads(json.dumps(config, default=str))})
+    """The run's figures for `dvc metrics` (the configuration itself is in params and dvc.lock)."""
+    write_json(path, {**summary, "preset": config.get("preset")})
 
