@@ -14,7 +14,7 @@ from tests.conftest import copy_repo
 pytestmark = pytest.mark.slow
 
 TINY = {"num_train": 12, "num_val": 4, "min_size": 40, "max_size": 56}
-ALL_STAGES = {"prepare_data", "pseudo_labels", "evaluate_pseudo_labels", "train", "infer"}
+ALL_STAGES = {"prepare_data", "pseudo_labels", "evaluate_pseudo_labels", "train", "infer", "crf"}
 
 
 def _env():
@@ -64,6 +64,8 @@ def test_repro_then_noop(repo):
     assert scores["method"] == "baseline" and 0.0 <= scores["miou"] <= 1.0
     logits = sorted((repo / "data/logits/baseline/val").glob("*.npy"))
     assert len(logits) == TINY["num_val"]
+    crf = json.loads((repo / "metrics/scores_crf.json").read_text())
+    assert crf["crf"] is True and crf["miou_no_crf"] == pytest.approx(scores["miou"])
     out = dvc(repo, "repro")
     assert ran(out) == set() and "up to date" in out
     assert "miou" in dvc(repo, "metrics", "show")
@@ -86,13 +88,20 @@ def test_exp_run_noise_reruns_only_dependents(repo):
     sh(repo, "git", "commit", "-qm", "lock")
     before = json.loads((repo / "metrics/pseudo_labels.json").read_text())["miou"]
     out = dvc(repo, "exp", "run", "-S", "data.noise=0.9")
-    assert ran(out) == {"pseudo_labels", "evaluate_pseudo_labels", "train", "infer"}
+    assert ran(out) == {"pseudo_labels", "evaluate_pseudo_labels", "train", "infer", "crf"}
     after = json.loads((repo / "metrics/pseudo_labels.json").read_text())["miou"]
     assert after < before
 
 
 def test_exp_run_switches_method(repo):
     out = dvc(repo, "exp", "run", "-S", "method=cdl_b")
-    assert ran(out) == {"train", "infer"}
+    assert ran(out) == {"train", "infer", "crf"}
     assert json.loads((repo / "metrics/scores.json").read_text())["method"] == "cdl_b"
+    assert json.loads((repo / "metrics/scores_crf.json").read_text())["method"] == "cdl_b"
     assert (repo / "models/cdl_b/model.pth").is_file()
+
+
+def test_exp_run_cdl_e(repo):
+    out = dvc(repo, "exp", "run", "-S", "method=cdl_e")
+    assert ran(out) == {"train", "infer", "crf"}
+    assert json.loads((repo / "metrics/scores.json").read_text())["method"] == "cdl_e"
