@@ -65,7 +65,42 @@ DEEPLAB_PRESETS = {
     },
 }
 
-DUPL_PRESETS: dict[str, dict] = {}  # filled in by wsss_core.methods.dupl's presets
+_DUPL_COMMON = {
+    "weight_decay": 0.01,
+    "warmup_iter": 1500,      # linear LR warm-up (PolyWarmupAdamW), then poly 0.9
+    "warmup_ratio": 1e-6,
+    "lr_power": 0.9,
+    "num_workers": 2,
+    "method_options": {},
+}
+
+DUPL_PRESETS = {
+    # CPU demo: two 6-block DeiT-Tiny students with 8-px patches on 96-px crops, trained from
+    # scratch (no weights can be downloaded), batch 4 as the authors insist; the VOC phase
+    # table is rescaled to the run's length
+    "demo": {
+        **_DUPL_COMMON,
+        "iterations": 300, "batch_size": 4, "iter_size": 1, "crop": 96, "lr": 5e-4,
+        "warmup_iter": 30, "checkpoint_every": 100, "log_every": 10, "num_workers": 0,
+        "init_weights": "", "schedule": "voc",
+        "model": {"backbone": "deit_tiny_patch16_224", "patch_size": 8, "depth": 6},
+    },
+    # Wu0409/DuPL train_final_voc.py: effective batch 4 (the authors stress it), 448 crops
+    "voc": {
+        **_DUPL_COMMON,
+        "iterations": 20000, "batch_size": 4, "iter_size": 1, "crop": 448, "lr": 6e-5,
+        "checkpoint_every": 2000, "log_every": 100, "schedule": "voc",
+        "init_weights": "models/init/deit_base_patch16_224-b5f2ef4d.pth",
+        "model": {"backbone": "deit_base_patch16_224"},
+    },
+    "coco": {
+        **_DUPL_COMMON,
+        "iterations": 80000, "batch_size": 8, "iter_size": 1, "crop": 448, "lr": 6e-5,
+        "checkpoint_every": 4000, "log_every": 100, "schedule": "coco",
+        "init_weights": "models/init/deit_base_patch16_224-b5f2ef4d.pth",
+        "model": {"backbone": "deit_base_patch16_224"},
+    },
+}
 
 PRESETS = {"deeplab": DEEPLAB_PRESETS, "dupl": DUPL_PRESETS}
 
@@ -77,9 +112,6 @@ def method_family(method: str) -> str:
 def effective_train_config(params: Params) -> dict:
     """The preset of `train.preset` for the method's family, overridden by non-null `train.*`."""
     family = method_family(params.method)
-    if family == "dupl" and not DUPL_PRESETS:
-        from .methods import dupl  # noqa: F401  registers the DuPL presets
-
     presets = PRESETS[family]
     name = params.train.preset
     if name not in presets:

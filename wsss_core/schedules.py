@@ -32,3 +32,15 @@ def set_lr_factor(optimizer: torch.optim.Optimizer, factor: float) -> None:
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])
         group["lr"] = group["initial_lr"] * factor
+
+
+def warmup_poly_factor(step: int, warmup_iter: int, max_iter: int, warmup_ratio: float = 1e-6,
+                       power: float = 0.9) -> float:
+    """Factor of the base lr at optimiser step `step` (0-based) under DuPL/ToCo's
+    `PolyWarmupAdamW`: linear warm-up from `warmup_ratio` over `warmup_iter` steps, then
+    (1 − step/max_iter)^power, not re-based after the warm-up (so the factor drops slightly at
+    step = warmup_iter), frozen from step max_iter on (the value of step max_iter − 1)."""
+    if step < warmup_iter:
+        return 1 - (1 - step / warmup_iter) * (1 - warmup_ratio)
+    step = min(step, max_iter - 1)
+    return (1 - step / max_iter) ** power

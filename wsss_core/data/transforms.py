@@ -159,7 +159,8 @@ _RANDAUG_OPS = ("autocontrast", "equalize", "posterize", "color", "contrast", "b
 def dupl_strong_view(image_rgb: np.ndarray, rng: np.random.Generator, num_ops: int = 5,
                      magnitude: int = 10) -> np.ndarray:
     """DuPL's strong view: RandAugment of `num_ops` colour ops drawn with replacement at magnitude
-    m/30 of each range (enhance factors 1 ± 0.7·m/30, posterize to 2 bits), then always flipped."""
+    m/30 of each range (enhance factors 1 ± 0.7·m/30, posterize to 2 bits). The original's
+    mirroring of this view happens in the method (`DuplConfig.strong_flip`), not here."""
     img = Image.fromarray(image_rgb)
     level = magnitude / 30.0
     for name in rng.choice(_RANDAUG_OPS, size=num_ops, replace=True):
@@ -174,4 +175,4 @@ def dupl_strong_view(image_rgb: np.ndarray, rng: np.random.Generator, num_ops: i
             adjust = {"color": TF.adjust_saturation, "contrast": TF.adjust_contrast,
                       "brightness": TF.adjust_brightness, "sharpness": TF.adjust_sharpness}[name]
             img = adjust(img, factor)
-    return np.ascontiguousarray(np.asarray(img)[:, ::-1])
+    return np.asarray(img)

@@ -812,25 +812,64 @@ def param_groups(model: nn.Module, base_lr: float = 6e-5, weight_decay: float = 
 
 
 class DuplMethod:
-    """DuPL in the shared method interface (see the module docstring)."""
+    """DuPL as a plug-in of the shared training loop (`wsss_core.methods.TrainingMethod`).
+
+    `config` is the effective training configuration: `iterations`, `lr`, `weight_decay`,
+    `warmup_iter`, `warmup_ratio`, `lr_power`, `crop`, `model` (kwargs of `build_dupl_model`),
+    `init_weights`, `schedule` ("voc" | "coco": the released scripts' phase tables, rescaled
+    to `iterations` when that differs) and `method_options` (any `DuplConfig` field)."""
 
     name = "dupl"
+    family = "dupl"
     needs_strong_view = True
+    # the unused ImageNet head and the terms switched off in early phases get no gradient
+    find_unused_parameters = True
 
-    def __init__(self, config: DuplConfig | None = None):
-        self.config = config or DuplConfig()
-        self.config.validate()
+    def __init__(self, num_classes: int, config: Mapping[str, Any]):
+        self.num_classes = num_classes
+        self.config = dict(config)
+        base = DuplConfig.coco if config.get("schedule", "voc") == "coco" else DuplConfig.voc
+        cfg = base(**config.get("method_options", {}))
+        if cfg.max_iters != config["iterations"]:
+            cfg = cfg.rescaled(config["iterations"], crop_size=config["crop"])
+        cfg.validate()
+        self.cfg = cfg
 
-    def compute_loss(self, model: nn.Module, batch: Mapping[str, Any], iteration: int,
-                     max_iter: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-        if max_iter is not None and max_iter != self.config.max_iters:
-            raise ConfigError(f"params.yaml: dupl.max_iters ({self.config.max_iters}) differs "
-                              f"from the training length ({max_iter}); use DuplConfig.rescaled")
-        return compute_loss(model, batch, iteration, self.config)
+    def build_model(self) -> nn.Module:
+        from ..models.vit_seg import build_dupl_model
 
-    def param_groups(self, model: nn.Module, base_lr: float = 6e-5,
-                     weight_decay: float = 0.01) -> list[dict]:
-        return param_groups(model, base_lr, weight_decay)
+        return build_dupl_model(self.num_classes, pretrained_path=self.config.get("init_weights") or "",
+                                **self.config["model"])
+
+    def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        groups = param_groups(model, self.config["lr"], self.config["weight_decay"])
+        return torch.optim.AdamW(groups, lr=self.config["lr"], betas=(0.9, 0.999), eps=1e-8,
+                                 weight_decay=self.config["weight_decay"])
+
+    def lr_factor(self, iteration: int) -> float:
+        from ..schedules import warmup_poly_factor
+
+        return warmup_poly_factor(iteration - 1, self.config["warmup_iter"], self.config["iterations"],
+                                  self.config["warmup_ratio"], self.config["lr_power"])
+
+    def on_train_mode(self, model: nn.Module) -> None:
+        return None
+
+    def training_loss(self, model: nn.Module, batch: Mapping[str, Any], iteration: int
+                      ) -> tuple[torch.Tensor, dict[str, float]]:
+        inputs = {"images": batch["image"], "cls_labels": batch["cls_label"],
+                  "img_box": batch["img_box"], "strong_images": batch.get("strong_image")}
+        return compute_loss(model, inputs, iteration, self.cfg)
+
+    def predictors(self):
+        """Both students, stored on the stride-8 grid like the DeepLab methods' logits."""
+        def student(index: int):
+            def run(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+                height, width = images.shape[-2:]
+                grid = (-(-height // 8), -(-width // 8))
+                return predict(model, images, student=index, output_size=grid)
+            return run
+        return {"student1": student(1), "student2": student(2)}
 
 
 # --------------------------------------------------------------------------- inference

@@ -54,14 +54,18 @@ class LargeFOV(nn.Module):
 
 
 # --------------------------------------------------------------------------- backbone
-def create_vit(backbone: str) -> nn.Module:
-    """A timm ViT by name, randomly initialised, with its position embedding frozen."""
+def create_vit(backbone: str, patch_size: int | None = None, depth: int | None = None) -> nn.Module:
+    """A timm ViT by name, randomly initialised, with its position embedding frozen.
+    `patch_size` and `depth` override the name's (the CPU demo uses 8-px patches for a finer
+    token grid on small crops and fewer blocks; pretrained weights need the name's own)."""
     try:
         import timm
     except ImportError as exc:  # pragma: no cover - timm is a hard dependency
         raise WsssError(f"DuPL needs timm ({exc})") from None
     try:
-        vit = timm.create_model(backbone, pretrained=False)
+        extra = {key: value for key, value in (("patch_size", patch_size), ("depth", depth))
+                 if value is not None}
+        vit = timm.create_model(backbone, pretrained=False, **extra)
     except RuntimeError as exc:
         raise WsssError(f"backbone '{backbone}': not a timm model ({exc})") from None
     for name in ("patch_embed", "blocks", "norm", "pos_embed"):
@@ -218,9 +222,10 @@ class DuplOutputs(NamedTuple):
 class Student(nn.Module):
     """One DuPL student: ViT encoder, main and aux classifiers, LargeFOV decoder."""
 
-    def __init__(self, backbone: str, num_classes: int, aux_layer: int = -3):
+    def __init__(self, backbone: str, num_classes: int, aux_layer: int = -3,
+                 patch_size: int | None = None, depth: int | None = None):
         super().__init__()
-        self.encoder = create_vit(backbone)
+        self.encoder = create_vit(backbone, patch_size, depth)
         dim = int(self.encoder.embed_dim)
         self.aux_layer = aux_layer
         self.classifier = nn.Conv2d(dim, num_classes - 1, 1, bias=False)
@@ -249,14 +254,15 @@ class Student(nn.Module):
 class DuplNet(nn.Module):
     """Two independent students (`branch1`, `branch2`, the original attribute names)."""
 
-    def __init__(self, backbone: str, num_classes: int, aux_layer: int = -3):
+    def __init__(self, backbone: str, num_classes: int, aux_layer: int = -3,
+                 patch_size: int | None = None, depth: int | None = None):
         super().__init__()
         if num_classes < 2:
             raise WsssError(f"DuPL needs at least 2 classes (background + one), got {num_classes}")
         self.num_classes = num_classes
         self.backbone = backbone
-        self.branch1 = Student(backbone, num_classes, aux_layer)
-        self.branch2 = Student(backbone, num_classes, aux_layer)
+        self.branch1 = Student(backbone, num_classes, aux_layer, patch_size, depth)
+        self.branch2 = Student(backbone, num_classes, aux_layer, patch_size, depth)
 
     @property
     def students(self) -> tuple[Student, Student]:
@@ -283,11 +289,12 @@ class DuplNet(nn.Module):
 
 
 def build_dupl_model(num_classes: int, backbone: str = "deit_tiny_patch16_224",
-                     pretrained_path: str = "", aux_layer: int = -3) -> DuplNet:
+                     pretrained_path: str = "", aux_layer: int = -3,
+                     patch_size: int | None = None, depth: int | None = None) -> DuplNet:
     """The two-student DuPL network. `backbone` is any timm ViT name (paper: deit_base_patch16_224
     or vit_base_patch16_224); `pretrained_path` a local .pth/.safetensors file of ImageNet
     weights loaded into both encoders ("" = random init, which the method is not meant for)."""
-    model = DuplNet(backbone, num_classes, aux_layer)
+    model = DuplNet(backbone, num_classes, aux_layer, patch_size, depth)
     if pretrained_path:
         load_vit_weights(model.branch1.encoder, pretrained_path)
         model.branch2.encoder.load_state_dict(model.branch1.encoder.state_dict())
