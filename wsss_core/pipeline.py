@@ -8,6 +8,7 @@ from .cli import is_main_process
 from .config import Params
 from .data.datasets import (class_labels_path, class_names, logits_dir, pseudo_label_dir,
                             resolve_split)
+from .data.classes import read_class_labels
 from .data.train_set import TrainSet
 from .distributed import distributed
 from .errors import DataError
@@ -93,6 +94,10 @@ def run_inference(params: Params) -> dict | None:
         if len(reports) > 1:
             report["predictor"] = best
             report["predictors_miou"] = {name: r["miou"] for name, r in reports.items()}
+        if hasattr(method, "cam_matrices"):  # DuPL: CAM quality of each student, as its logs report
+            cams = method.cam_matrices(model, split, read_class_labels(class_labels_path(params),
+                                                                       params.num_classes), ctx.device)
+            report["cam_miou"] = {name: m.scores()["miou"] for name, m in cams.items()}
         write_json(SCORES, report)
         write_text(SCORES.with_name("scores_per_class.csv"), per_class_csv(report))
         if is_main_process():

@@ -46,9 +46,9 @@ def _convert_coco_masks(params: Params) -> None:
     from .coco import coco_image_ids, convert_coco
 
     cfg = params.data.coco14
-    for split_name, annotations in (("train", cfg.train_annotations), ("val", cfg.val_annotations)):
+    for split_name, annotation_file in (("train", cfg.train_annotations), ("val", cfg.val_annotations)):
         split = resolve_split(params, split_name)
-        ann = Path(annotations) if Path(annotations).is_absolute() else Path(cfg.root) / annotations
+        ann = Path(annotation_file) if Path(annotation_file).is_absolute() else Path(cfg.root) / annotation_file
         if not ann.is_file():
             if not split.gt_dir.is_dir():
                 raise DataError(ann, f"annotation file not found and no masks in {split.gt_dir}")

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..metrics import ConfusionMatrix
 from ..errors import ConfigError, WsssError
 from ..io import IGNORE_INDEX
 from ..models import unwrap
@@ -870,6 +871,27 @@ class DuplMethod:
                 return predict(model, images, student=index, output_size=grid)
             return run
         return {"student1": student(1), "student2": student(2)}
+
+    @torch.no_grad()
+    def cam_matrices(self, model: nn.Module, split, class_labels: Mapping[str, list[int]],
+                     device: torch.device) -> dict[str, ConfusionMatrix]:
+        """CAM quality of each student on a split (`validate_siamase`'s CAM mIoU, at full image
+        resolution): multi-scale + flip CAMs of the image-level GT classes, the `bkg_thre` rule."""
+        from ..data.classes import multi_hot
+        from ..data.transforms import to_imagenet_normalized
+        from ..io import read_image, read_label
+        net = unwrap(model).eval()
+        matrices = {f"student{i + 1}": ConfusionMatrix(self.num_classes) for i in range(2)}
+        for image_id in split.ids:
+            image = torch.from_numpy(to_imagenet_normalized(read_image(split.image_path(image_id))))
+            image = image[None].to(device)
+            labels = torch.from_numpy(multi_hot(class_labels[image_id], self.num_classes))[None]
+            gt = read_label(split.gt_path(image_id), self.num_classes)
+            for name, student in zip(matrices, net.students):
+                cam, _ = multi_scale_cams(student, image, self.cfg.cam_scales)
+                pred = cam_to_val_label(cam, labels.to(device), self.cfg.bkg_thre)
+                matrices[name].update(pred[0].cpu().numpy(), gt)
+        return matrices
 
 
 # --------------------------------------------------------------------------- inference
