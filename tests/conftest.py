@@ -13,6 +13,8 @@ import pytest
 from wsss_core.io import write_id_list, write_image, write_label
 
 REPO = Path(__file__).resolve().parents[1]
+# the project's shared reference material (fixtures from the original code) sits beside the repo
+SHARED = Path(os.environ.get("WSSS_SHARED", REPO.parent / "shared"))
 PYTHON = sys.executable
 
 os.environ.setdefault("WSSS_NO_PROGRESS", "1")

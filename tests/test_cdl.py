@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import SHARED
 from wsss_core.errors import WsssError
 from wsss_core.methods.baseline import (BaselineConfig, BaselineMethod, balanced_cross_entropy,
                                         cross_entropy_ignore, imagenet_ramp, resize_labels)
@@ -20,7 +21,7 @@ from wsss_core.models.deeplab_v2 import MscOutputs, affinity_cosine, affinity_do
 from wsss_core.schedules import set_lr_factor, stepped_poly_factor
 
 # WSSS_CDL_FIXTURES points the tests at another fixture set with the same layout (held-out set)
-FIXTURES = Path(os.environ.get("WSSS_CDL_FIXTURES", "/work/shared/fixtures/cdl"))
+FIXTURES = Path(os.environ.get("WSSS_CDL_FIXTURES", SHARED / "fixtures" / "cdl"))
 needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason="CDL fixtures not available")
 
 

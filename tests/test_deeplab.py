@@ -9,13 +9,14 @@ import pytest
 import torch
 from torch import nn
 
+from tests.conftest import SHARED
 from wsss_core.errors import ConfigError, DataError, WsssError
 from wsss_core.models import (MODEL_BUILDERS, build_model, freeze_batchnorm, load_checkpoint,
                               load_init_weights)
 from wsss_core.models.deeplab_v2 import MSC, MscOutputs, ScaleOutputs
 from wsss_core.models.resnet import feature_size
 
-FIXTURES = Path(os.environ.get("WSSS_CDL_FIXTURES", "/work/shared/fixtures/cdl"))
+FIXTURES = Path(os.environ.get("WSSS_CDL_FIXTURES", SHARED / "fixtures" / "cdl"))
 TINY = dict(blocks=[1, 1, 1, 1], width=8)
 
 
