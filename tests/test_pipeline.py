@@ -105,3 +105,16 @@ def test_exp_run_cdl_e(repo):
     out = dvc(repo, "exp", "run", "-S", "method=cdl_e")
     assert ran(out) == {"train", "infer", "crf"}
     assert json.loads((repo / "metrics/scores.json").read_text())["method"] == "cdl_e"
+
+
+def test_exp_run_dupl(repo):
+    out = dvc(repo, "exp", "run", "-S", "method=dupl")
+    assert ran(out) == {"train", "infer", "crf"}
+    scores = json.loads((repo / "metrics/scores.json").read_text())
+    assert scores["method"] == "dupl" and scores["predictor"] in ("student1", "student2")
+    assert set(scores["predictors_miou"]) == {"student1", "student2"}
+    assert set(scores["cam_miou"]) == {"student1", "student2"}
+    chosen = repo / f"data/logits/dupl/val_{scores['predictor']}"
+    final = repo / "data/logits/dupl/val"
+    assert sorted(p.name for p in final.glob("*.npy")) == sorted(p.name for p in chosen.glob("*.npy"))
+    assert json.loads((repo / "metrics/train.json").read_text())["effective_batch"] == 2
