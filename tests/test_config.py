@@ -64,3 +64,24 @@ def test_missing_and_malformed_params_file(tmp_path):
     bad.write_text("method: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_params(bad)
+
+
+def test_method_options_reach_the_method_and_are_checked():
+    from wsss_core.methods import create_method
+    from wsss_core.presets import effective_train_config
+
+    params = params_from_dict({"method": "cdl_e", "train": {"method_options": {"train_affinity_head": True}}})
+    method = create_method("cdl_e", 21, effective_train_config(params))
+    assert method.method.config.train_affinity_head is True
+    params = params_from_dict({"method": "dupl", "train": {"method_options": {"discrepancy": "paper"}}})
+    assert create_method("dupl", 21, effective_train_config(params)).cfg.discrepancy == "paper"
+    params = params_from_dict({"method": "cdl_b", "train": {"method_options": {"tresh": 1}}})
+    with pytest.raises(ConfigError, match="unknown key 'train.method_options.tresh' for method 'cdl_b'"):
+        create_method("cdl_b", 21, effective_train_config(params))
+
+
+def test_unknown_preset_names_the_allowed_ones():
+    from wsss_core.presets import effective_train_config
+
+    with pytest.raises(ConfigError, match="'voc' is not a preset of method 'cdl_b' .*voc12_coco_predtrain"):
+        effective_train_config(params_from_dict({"method": "cdl_b", "train": {"preset": "voc"}}))

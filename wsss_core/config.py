@@ -173,6 +173,8 @@ class TrainParams:
     log_every: int | None = None
     num_workers: int | None = None
     init_weights: str | None = None    # local file; nothing is downloaded
+    # fields of the method's options (CdlConfig / BaselineConfig / DuplConfig), over the preset's
+    method_options: dict = field(default_factory=dict)
 
     _PRESET_KEYS = ("iterations", "batch_size", "iter_size", "crop", "lr", "checkpoint_every",
                     "log_every", "num_workers", "init_weights")
@@ -285,6 +287,10 @@ def _convert(tp, value, where: str, source: str):
             raise fail
         (item_tp,) = typing.get_args(tp)
         return [_convert(item_tp, v, f"{where}[{i}]", source) for i, v in enumerate(value)]
+    if tp is dict:  # free-form options, checked by whoever consumes them
+        if not isinstance(value, dict):
+            raise fail
+        return value
     if tp is type(None):
         if value is not None:
             raise fail

@@ -120,6 +120,19 @@ def effective_train_config(params: Params) -> dict:
     config = copy.deepcopy(presets[name])
     for key, value in params.train.overrides().items():
         config[key] = value
+    config["method_options"] = {**config.get("method_options", {}), **params.train.method_options}
     config["seed"] = params.seed
     config["preset"] = name
     return config
+
+
+def method_options(options_class, options: dict, method: str):
+    """Build a method's options dataclass, turning an unknown key into a one-line ConfigError."""
+    import dataclasses
+
+    allowed = [f.name for f in dataclasses.fields(options_class)]
+    for key in options:
+        if key not in allowed:
+            raise ConfigError(f"params.yaml: unknown key 'train.method_options.{key}' for method "
+                              f"'{method}' (allowed: {', '.join(allowed)})")
+    return options_class(**options)

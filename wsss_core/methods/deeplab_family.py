@@ -11,6 +11,7 @@ from torch import nn
 
 from ..cli import is_main_process
 from ..models import build_model, load_init_weights
+from ..presets import method_options
 from ..schedules import stepped_poly_factor
 from .baseline import BaselineConfig, BaselineMethod
 from .cdl import CdlConfig, CdlMethod
@@ -26,9 +27,9 @@ class DeepLabFamily:
         self.config = config
         options = dict(config.get("method_options", {}))
         if name == "baseline":
-            self.method = BaselineMethod(BaselineConfig(**options))
+            self.method = BaselineMethod(method_options(BaselineConfig, options, name))
         else:
-            self.method = CdlMethod(name, CdlConfig(**options))
+            self.method = CdlMethod(name, method_options(CdlConfig, options, name))
         self.needs_strong_view = self.method.needs_strong_view
 
     def build_model(self) -> nn.Module:

@@ -830,7 +830,11 @@ class DuplMethod:
         self.num_classes = num_classes
         self.config = dict(config)
         base = DuplConfig.coco if config.get("schedule", "voc") == "coco" else DuplConfig.voc
-        cfg = base(**config.get("method_options", {}))
+        from ..presets import method_options
+
+        options = method_options(DuplConfig, config.get("method_options", {}), "dupl")
+        cfg = base(**{f.name: getattr(options, f.name) for f in dataclasses.fields(options)
+                      if f.name in config.get("method_options", {})})
         if cfg.max_iters != config["iterations"]:
             cfg = cfg.rescaled(config["iterations"], crop_size=config["crop"])
         cfg.validate()
