@@ -2,8 +2,10 @@
 
 Writes data/logits/<method>/val/<id>.npy ((C, h, w) logits, float16 unless infer.dtype says
 float32) and metrics/scores.json (no-CRF scores; for DuPL both students, the better one's logits
-go on to the CRF stage).
+go on to the CRF stage). `--split test` (outside the DAG, for the VOC test server) writes
+data/logits/<method>/test/ with the model and predictor chosen on val.
 """
+import argparse
 import sys
 from pathlib import Path
 
@@ -13,5 +15,13 @@ from wsss_core.cli import run_stage  # noqa: E402
 from wsss_core.config import load_params  # noqa: E402
 from wsss_core.pipeline import run_inference  # noqa: E402
 
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--split", choices=["val", "test"], default="val",
+                        help="test: logits of the VOC test list for stages/export_voc_test.py")
+    run_inference(load_params(), parser.parse_args().split)
+
+
 if __name__ == "__main__":
-    run_stage(lambda: run_inference(load_params()))
+    run_stage(main)

@@ -97,3 +97,21 @@ def test_failed_ingestion_keeps_published_labels(repo):
     proc = run_script(repo, "stages/pseudo_labels.py")
     assert proc.returncode == 2 and "my_labels/t3.png: label values [50] out of range" in proc.stderr
     assert {p.name: p.read_bytes() for p in (repo / "data/pseudo_labels/mine").iterdir()} == before
+
+
+@pytest.mark.slow
+def test_infer_test_split_then_export(repo):
+    """Train briefly, infer on val, then on the test list (no GT), then export for the server."""
+
+    root = repo / "voc/VOC2012"
+    make_voc_dataset(root, {"test": ["s1", "s2"]}, seed=3)
+    for name, value in (("train.iterations", 2), ("train.batch_size", 2), ("train.crop", 16),
+                        ("infer.device", "cpu")):
+        _set(repo, name, value)
+    for script in ("stages/prepare_data.py", "stages/pseudo_labels.py", "stages/train.py", "stages/infer.py"):
+        run_script(repo, script, check=True)
+    run_script(repo, "stages/infer.py", "--split", "test", check=True)
+    assert sorted(p.name for p in (repo / "data/logits/baseline/test").glob("*.npy")) == ["s1.npy", "s2.npy"]
+    run_script(repo, "stages/export_voc_test.py", "--no-crf", check=True)
+    pngs = sorted(p.name for p in (repo / "results/VOC2012/Segmentation/comp6_test_cls").iterdir())
+    assert pngs == ["s1.png", "s2.png"] and (repo / "results/voc2012_test_baseline.tar.gz").is_file()

@@ -14,7 +14,7 @@ from .distributed import distributed
 from .errors import DataError
 from .evaluate import score_folder
 from .infer import file_digest, infer_logits, prepare_output
-from .io import atomic_dir, write_json, write_text
+from .io import atomic_dir, read_json, write_json, write_text
 from .methods import create_method
 from .metrics import per_class_csv, scores_report
 from .models import load_checkpoint
@@ -59,13 +59,21 @@ def run_training(params: Params) -> dict:
     return summary
 
 
-def run_inference(params: Params) -> dict | None:
+def run_inference(params: Params, split_name: str = "val") -> dict | None:
+    """Logits of the split; on val also the no-CRF scores (and, with several predictors such as
+    DuPL's students, the choice of the better one). The test split has no GT: it reuses the
+    predictor chosen on val."""
     config = effective_train_config(params)
     method = create_method(params.method, params.num_classes, {**config, "init_weights": ""})
     weights = model_path(params)
-    split = resolve_split(params, "val")
-    final_dir = logits_dir(params, "val")
+    split = resolve_split(params, split_name)
+    final_dir = logits_dir(params, split_name)
     predictors = method.predictors()
+    if split.gt_dir is None and len(predictors) > 1:
+        chosen = read_json(SCORES).get("predictor") if SCORES.is_file() else None
+        if chosen not in predictors:
+            raise DataError(SCORES, "no predictor chosen on val yet (run the infer stage on val first)")
+        predictors = {chosen: predictors[chosen]}
     if len(predictors) == 1:
         out_dirs = {name: final_dir for name in predictors}
     else:  # one folder per predictor (DuPL student); the better one is copied to final_dir
@@ -79,7 +87,7 @@ def run_inference(params: Params) -> dict | None:
             prepare_output(folder, digest, ctx)
         infer_logits(model, predictors, method.family, split, out_dirs, params.num_classes, ctx,
                      params.infer.dtype)
-        if not ctx.is_main:
+        if not ctx.is_main or split.gt_dir is None:
             return None
         names = class_names(params)
         reports = {name: scores_report(score_folder(folder, split, params.num_classes, "logits",
