@@ -4,7 +4,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .cli import is_main_process
 from .config import Params
 from .data.datasets import (class_labels_path, class_names, logits_dir, pseudo_label_dir,
                             resolve_split)
@@ -108,6 +107,5 @@ def run_inference(params: Params, split_name: str = "val") -> dict | None:
             report["cam_miou"] = {name: m.scores()["miou"] for name, m in cams.items()}
         write_json(SCORES, report)
         write_text(SCORES.with_name("scores_per_class.csv"), per_class_csv(report))
-        if is_main_process():
-            print(f"{params.method} val mIoU (no CRF): {report['miou']:.4f}", flush=True)
+        print(f"{params.method} val mIoU (no CRF): {report['miou']:.4f}", flush=True)
         return report

@@ -126,8 +126,9 @@ def effective_train_config(params: Params) -> dict:
     return config
 
 
-def method_options(options_class, options: dict, method: str):
-    """Build a method's options dataclass, turning an unknown key into a one-line ConfigError."""
+def method_options(options_class, options: dict, method: str, factory=None):
+    """Build a method's options dataclass (through `factory`, e.g. a dataset's defaults, if
+    given), turning an unknown key into a one-line ConfigError."""
     import dataclasses
 
     allowed = [f.name for f in dataclasses.fields(options_class)]
@@ -135,4 +136,4 @@ def method_options(options_class, options: dict, method: str):
         if key not in allowed:
             raise ConfigError(f"params.yaml: unknown key 'train.method_options.{key}' for method "
                               f"'{method}' (allowed: {', '.join(allowed)})")
-    return options_class(**options)
+    return (factory or options_class)(**options)

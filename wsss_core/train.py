@@ -25,6 +25,7 @@ from .distributed import Context, all_reduce_sum, barrier, broadcast_object
 from .io import atomic_path, write_json
 from .errors import ConfigError, WsssError
 from .methods import TrainingMethod
+from .schedules import set_lr_factor
 
 CHECKPOINT_GLOB = "checkpoint_*.pth"
 
@@ -143,13 +144,10 @@ def train(method: TrainingMethod, dataset, ctx: Context, config: dict, out_dir: 
     sums: dict[str, float] = {}
     count = 0
     last_terms: dict[str, float] = {}
-    model.train()
-    method.on_train_mode(model)
+    model.train()  # MSC.train() keeps BatchNorm frozen where the preset says so
     for iteration in progress(range(start + 1, iterations + 1), f"train {method.name}",
                               total=iterations - start):
-        factor = method.lr_factor(iteration)
-        for group in optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * factor
+        set_lr_factor(optimizer, method.lr_factor(iteration))
         optimizer.zero_grad(set_to_none=True)
         for micro in range(iter_size):
             epoch, batch = next(batches)

@@ -1,12 +1,10 @@
-"""Training and inference datasets over a `Split` (synthetic, VOC and COCO alike).
+"""The training dataset over a `Split` (synthetic, VOC and COCO alike).
 
 `TrainSet` yields augmented crops for one method family:
 - "deeplab" (baseline, CDL): BGR mean-subtracted crop + pseudo label (+ CDL-e's strong view);
 - "dupl": ImageNet-normalised crop + image-level multi-hot label + `img_box` + strong view.
 Each sample's randomness comes from a generator seeded by (seed, epoch, index), so augmentation
 is reproducible and independent of DataLoader worker scheduling.
-
-`ImageSet` yields full-resolution RGB images for inference.
 """
 from __future__ import annotations
 
@@ -81,17 +79,3 @@ class TrainSet(Dataset):
         sample["index"] = index
         return sample
 
-
-class ImageSet(Dataset):
-    """Full-resolution images of a split (uint8 RGB H×W×3) with their ids, for inference."""
-
-    def __init__(self, split: Split, ids: list[str] | None = None):
-        self.split = split
-        self.ids = list(split.ids if ids is None else ids)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, index: int) -> tuple[str, np.ndarray]:
-        image_id = self.ids[index]
-        return image_id, read_image(self.split.image_path(image_id))

@@ -3,7 +3,7 @@
 A method is its model heads plus its losses; `create_method(name, num_classes, config)` returns a
 `TrainingMethod` built from the effective training configuration (preset + overrides, see
 `wsss_core.presets`). The DeepLab family (baseline, cdl_b, cdl_e) shares one adapter; DuPL has its
-own. Both expose the same five things to `wsss_core.train` and `wsss_core.infer`.
+own. Both expose the same things to `wsss_core.train` and `wsss_core.infer`.
 """
 from __future__ import annotations
 
@@ -26,9 +26,6 @@ class TrainingMethod(Protocol):
 
     def lr_factor(self, iteration: int) -> float:
         """Multiplier of every group's `initial_lr` for the optimiser step of `iteration` (1-based)."""
-
-    def on_train_mode(self, model: nn.Module) -> None:
-        """Called after `model.train()` (e.g. to keep BatchNorm frozen)."""
 
     def training_loss(self, model: nn.Module, batch: dict, iteration: int
                       ) -> tuple[torch.Tensor, dict[str, float]]:

@@ -62,10 +62,6 @@ class DeepLabFamily:
         return stepped_poly_factor(iteration, self.config["iterations"],
                                    self.config.get("lr_step", 10), self.config.get("lr_power", 0.9))
 
-    def on_train_mode(self, model: nn.Module) -> None:
-        # MSC.train() re-freezes BatchNorm itself when freeze_bn is set
-        return None
-
     def training_loss(self, model: nn.Module, batch: dict, iteration: int):
         strong = batch.get("strong_image") if self.needs_strong_view else None
         outputs = model(batch["image"], strong)

@@ -20,8 +20,7 @@ wrapped in DDP; `iteration` is 1-based like every method, the original's `n_iter
                     the consistency loss is on (iteration - 1 > gmm_iters)
 
 Test time: `predict(model, images, scales, flip, student)` (seg logits, flip-summed, max over
-scales) and `validation_outputs(...)` (CAM / aux-CAM labels by the `bkg_thre` rule and seg argmax,
-as the original in-training validation).
+scales); `DuplMethod.cam_matrices` scores each student's CAMs by the `bkg_thre` rule.
 """
 from __future__ import annotations
 
@@ -832,9 +831,7 @@ class DuplMethod:
         base = DuplConfig.coco if config.get("schedule", "voc") == "coco" else DuplConfig.voc
         from ..presets import method_options
 
-        options = method_options(DuplConfig, config.get("method_options", {}), "dupl")
-        cfg = base(**{f.name: getattr(options, f.name) for f in dataclasses.fields(options)
-                      if f.name in config.get("method_options", {})})
+        cfg = method_options(DuplConfig, config.get("method_options", {}), "dupl", factory=base)
         if cfg.max_iters != config["iterations"]:
             cfg = cfg.rescaled(config["iterations"], crop_size=config["crop"])
         cfg.validate()
@@ -856,9 +853,6 @@ class DuplMethod:
 
         return warmup_poly_factor(iteration - 1, self.config["warmup_iter"], self.config["iterations"],
                                   self.config["warmup_ratio"], self.config["lr_power"])
-
-    def on_train_mode(self, model: nn.Module) -> None:
-        return None
 
     def training_loss(self, model: nn.Module, batch: Mapping[str, Any], iteration: int
                       ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -923,35 +917,9 @@ def predict(model: nn.Module, images: torch.Tensor, scales: Sequence[float] = (1
     return best
 
 
-@torch.no_grad()
-def validation_outputs(model: nn.Module, images: torch.Tensor, cls_labels: torch.Tensor,
-                       output_size: Sequence[int], crop_size: int | None = 448,
-                       cam_scales: Sequence[float] = (1.0, 0.5, 1.5), bkg_thre: float = 0.5
-                       ) -> list[dict[str, torch.Tensor]]:
-    """In-training validation of both students (`validate_siamase`): images resized to
-    crop_size² (None: as given); per student the classification logits ("cls"), CAM and aux-CAM
-    labels by the `bkg_thre` rule ("cam", "cam_aux") and single-scale seg argmax ("seg"), all
-    labels at `output_size`."""
-    if crop_size:
-        images = F.interpolate(images, size=(crop_size, crop_size), mode="bilinear",
-                               align_corners=False)
-    size = (int(output_size[0]), int(output_size[1]))
-    cls_labels = cls_labels.to(images.device).float()
-    results = []
-    for student in unwrap(model).students:
-        out = student(images)
-        cam, cam_aux = multi_scale_cams(student, images, cam_scales)
-        labels = [cam_to_val_label(F.interpolate(c, size=size, mode="bilinear",
-                                                 align_corners=False), cls_labels, bkg_thre)
-                  for c in (cam, cam_aux)]
-        seg = F.interpolate(out.seg, size=size, mode="bilinear", align_corners=False).argmax(1)
-        results.append({"cls": out.cls, "cam": labels[0], "cam_aux": labels[1], "seg": seg})
-    return results
-
-
 __all__ = [
     "DuplConfig", "DuplMethod", "compute_loss", "param_groups", "phase_weights", "predict",
-    "validation_outputs", "multi_scale_cams", "cam_to_train_label", "cam_to_val_label",
+    "multi_scale_cams", "cam_to_train_label", "cam_to_val_label",
     "par_refine", "refine_cams_two_backgrounds", "cosine_descent", "image_high_thresholds",
     "balanced_seg_loss", "ptc_affinity_target", "ptc_loss", "ptc_token_labels",
     "discrepancy_loss", "consistency_loss", "filter_noisy_labels", "fit_two_gaussians",
