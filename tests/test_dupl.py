@@ -1,13 +1,19 @@
 """DuPL building blocks against the reference fixtures computed with the original code
 (../shared/fixtures/dupl): labels exactly, losses and gradients to ~1e-5 relative."""
+import math
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tests.conftest import SHARED
-from wsss_core.methods.dupl import (balanced_seg_loss, cam_to_train_label, cam_to_val_label,
+from wsss_core.methods.dupl import (DuplConfig, balanced_seg_loss, cam_to_train_label,
+                                    cam_to_val_label, consistency_loss, consistency_target,
                                     cosine_descent, discrepancy_loss, filter_noisy_labels,
-                                    image_high_thresholds, par_refine)
+                                    image_high_thresholds, par_refine, ptc_affinity_target,
+                                    ptc_loss, ptc_token_labels, refine_cams_two_backgrounds,
+                                    scale_box)
 from wsss_core.schedules import warmup_poly_factor
 
 FIXTURES = SHARED / "fixtures" / "dupl"
@@ -88,6 +94,28 @@ def test_par_on_a_constant_mask_scales_by_the_kernel_sum():
     assert torch.allclose(par_refine(image, mask), torch.full_like(mask, 0.5 * 1.01 ** 10), rtol=1e-5)
 
 
+def test_par_hand_values_on_a_two_pixel_image():
+    # 1×2 image, dilation 1: with replicate padding each pixel's 8 neighbours are 5× itself and
+    # 3× the other pixel; of the 4 straight neighbours (the only ones the position softmax keeps:
+    # the diagonals' −(√2/σ_d/0.3)² is ~227 lower) 3 are itself. Across a colour edge the
+    # appearance term −(|ΔI|/σ_I/0.3)² = −448/120/0.09 ≈ −41.5 cuts the other pixel off, so
+    # m0 ← m0 + 0.01·(0.75·m0 + 0.25·m1); on a flat image (σ_I = 0) all 8 count equally,
+    # m0 ← (5·m0 + 3·m1)/8 + 0.01·(0.75·m0 + 0.25·m1).
+    mask = torch.tensor([[[[1.0, 0.0]], [[0.0, 1.0]]]])
+    edge = torch.tensor([0.2, 0.8]).view(1, 1, 1, 2).expand(1, 3, 1, 2).contiguous()
+    once = par_refine(edge, mask, dilations=(1,), num_iter=1)
+    assert torch.allclose(once, torch.tensor([[[[1.0075, 0.0025]], [[0.0025, 1.0075]]]]),
+                          rtol=1e-6, atol=1e-7)
+    twice = par_refine(edge, mask, dilations=(1,), num_iter=2)
+    # (1.0075² + 0.0025², 2·1.0075·0.0025)
+    assert torch.allclose(twice, torch.tensor([[[[1.0150625, 0.0050375]], [[0.0050375, 1.0150625]]]]),
+                          rtol=1e-6, atol=1e-7)
+    flat = torch.full((1, 3, 1, 2), 0.5)
+    smooth = par_refine(flat, mask, dilations=(1,), num_iter=1)
+    assert torch.allclose(smooth, torch.tensor([[[[0.6325, 0.3775]], [[0.3775, 0.6325]]]]),
+                          rtol=1e-6, atol=1e-7)
+
+
 def test_balanced_seg_loss_matches_fixture_including_empty_sets():
     d = fixture("seg_loss")
     pred = t(d["pred"]).requires_grad_(True)
@@ -126,3 +154,113 @@ def test_gmm_filter_matches_fixture(backend, min_agreement):
     agreement = (labels == d["filtered_label"]).mean()
     assert agreement >= min_agreement, agreement
     assert (labels[d["label"] == 0] == 0).all()  # background is never filtered
+
+
+def test_ptc_affinity_target_and_loss_match_fixture():
+    d = fixture("ptc_loss")
+    target = ptc_affinity_target(t(d["token_label"]))
+    assert target.dtype == torch.int64
+    assert np.array_equal(target.numpy(), d["aff_mask"].astype(np.int64))
+    fmap = t(d["fmap"]).requires_grad_(True)
+    loss = ptc_loss(fmap, target)
+    loss.backward()
+    assert loss.item() == pytest.approx(float(d["loss"]), rel=1e-5)
+    assert np.allclose(fmap.grad.numpy(), d["grad_fmap"], rtol=1e-4, atol=1e-8)
+
+
+def test_ptc_training_pipeline_matches_fixture_with_the_unscaled_box_quirk():
+    d = fixture("ptc_loss")
+    fmap, cam_aux, cls = t(d["fmap"]), t(d["pipe_cam_aux"]), t(d["pipe_cls_label"])
+    box, high = t(d["pipe_img_box"]), t(d["pipe_high_thre"])
+    grid = fmap.shape[-2:]
+    assert DuplConfig().ptc_scale_img_box is False  # the released behaviour is the default
+    labels = ptc_token_labels(cam_aux, cls, grid, box, high)
+    assert np.array_equal(labels.numpy(), d["pipe_token_label"])
+    # the aux CAMs are resized to the token grid as the original does: same labels as the
+    # recorded resized CAMs give
+    assert torch.equal(labels, cam_to_train_label(t(d["pipe_resized_cam"]), cls, box, high))
+    # the quirk shows in image 1: its pixel box starts at column 4, used as a token index
+    unboxed = ptc_token_labels(cam_aux, cls, grid, None, high)
+    assert (labels[1, :, :4] == 255).all() and (unboxed[1, :, :4] != 255).any()
+    assert torch.equal(labels[1, :, 4:], unboxed[1, :, 4:])
+    target = ptc_affinity_target(labels)
+    assert np.array_equal(target.numpy(), d["pipe_aff_mask"].astype(np.int64))
+    assert ptc_loss(fmap, target).item() == pytest.approx(float(d["pipe_loss"]), rel=1e-5)
+
+
+def test_ptc_scaled_box_option_maps_the_pixel_box_onto_the_token_grid():
+    d = fixture("ptc_loss")
+    cam_aux, cls, box, high = (t(d["pipe_cam_aux"]), t(d["pipe_cls_label"]), t(d["pipe_img_box"]),
+                               t(d["pipe_high_thre"]))
+    # 48×56 pixels → 6×7 tokens: rows 0:40 → 0:ceil(5.0), columns 4:56 → floor(0.5):7
+    assert scale_box(box, (48, 56), (6, 7)).tolist() == [[0, 6, 0, 7], [0, 5, 0, 7]]
+    scaled = ptc_token_labels(cam_aux, cls, (6, 7), box, high, scale_img_box=True)
+    unboxed = ptc_token_labels(cam_aux, cls, (6, 7), None, high)
+    assert torch.equal(scaled[0], unboxed[0]) and torch.equal(scaled[1, :5], unboxed[1, :5])
+    assert (scaled[1, 5] == 255).all()
+
+
+def test_ptc_hand_values_on_a_2x2_token_grid():
+    labels = torch.tensor([[[0, 1], [1, 255]]])           # tokens 0..3 in row-major order
+    target = ptc_affinity_target(labels)
+    assert target.tolist() == [[[255, 0, 0, 255],
+                                [0, 255, 1, 255],
+                                [0, 1, 255, 255],
+                                [255, 255, 255, 255]]]
+    # tokens (D = 2): t0 = (1, 1), t1 = (0, 1), t2 = (0, −2) (|cos| ignores the sign), t3 ignored
+    fmap = torch.tensor([[1.0, 0.0, 0.0, -1.0], [1.0, 1.0, -2.0, 0.5]]).view(1, 2, 2, 2)
+    # positives (1,2), (2,1): s = 1 → ½(1 − 2/3); negatives (0,1), (1,0), (0,2), (2,0): s = 1/√2
+    # → ½·(4/√2)/5
+    expected = 0.5 * (1 - 2 / 3) + 0.5 * (4 / math.sqrt(2)) / 5
+    assert ptc_loss(fmap, target).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_consistency_loss_matches_fixture():
+    d = fixture("reg_loss")
+    confidence, mask, target = consistency_target(t(d["segs"]), t(d["sup_label"]))
+    assert np.allclose(confidence.numpy(), d["confidence"], rtol=1e-5, atol=1e-6)
+    assert np.array_equal(mask.numpy(), d["uncertain_mask"])
+    assert 0 < mask.sum() < mask.numel()
+    assert np.array_equal(target.numpy(), d["pseudo_seg"])
+    segs = t(d["segs"]).requires_grad_(True)
+    segs_aug = t(d["segs_aug"]).requires_grad_(True)
+    loss = consistency_loss(segs, segs_aug, t(d["sup_label"]))  # defaults: 0.9, flip back
+    loss.backward()
+    assert loss.item() == pytest.approx(float(d["reg_loss"]), rel=1e-5)
+    assert np.allclose(segs_aug.grad.numpy(), d["grad_segs_aug"], rtol=1e-4, atol=1e-8)
+    assert segs.grad is None  # the clean view only provides the (detached) target
+
+
+def test_consistency_loss_is_zero_without_ignored_pixels():
+    d = fixture("reg_loss")
+    segs_aug = t(d["segs_aug"]).requires_grad_(True)
+    loss = consistency_loss(t(d["segs"]), segs_aug, t(d["sup_label_noignore"]))
+    loss.backward()
+    assert loss.item() == float(d["reg_loss_empty"]) == 0.0
+    assert torch.equal(segs_aug.grad, torch.zeros_like(segs_aug))
+
+
+@pytest.mark.parametrize("variant", ["dynamic_thres", "bkg_v2"])
+def test_refine_cams_two_backgrounds_matches_fixture(variant):
+    d = fixture("refine_cams")
+    if variant == "dynamic_thres":  # refine_cams_with_dynamic_thres: τ_h per image
+        high, expected, gap_high = (t(d["high_thre_per_image"]), d["refined_label"],
+                                    d["tie_gap_h"])
+    else:                           # refine_cams_with_bkg_v2: one fixed τ_h
+        high, expected, gap_high = (float(d["bkg_v2_high_thre"]), d["refined_label_bkg_v2"],
+                                    d["tie_gap_bkg_v2"])
+    label = refine_cams_two_backgrounds(t(d["image"]), t(d["cams"]), t(d["cls_label"]), high,
+                                        float(d["low_thre"]), t(d["img_box"]))
+    assert label.dtype == torch.int64
+    expected = expected.astype(np.int64)
+    # the fixture README: the argmax may legitimately flip where the PAR output's top-1 − top-2
+    # gap is below ~1e-5; everywhere else, and everywhere outside img_box, the labels are exact
+    outside = ~np.asarray(
+        [[[h0 <= r < h1 and w0 <= c < w1 for c in range(expected.shape[2])]
+          for r in range(expected.shape[1])] for h0, h1, w0, w1 in d["img_box"]])
+    decided = ((gap_high >= 1e-5) & (d["tie_gap_l"] >= 1e-5)) | outside
+    assert decided.mean() > 0.99
+    assert np.array_equal(label.numpy()[decided], expected[decided])
+    assert (label.numpy()[outside] == 255).all() and outside.any()
+    values = set(np.unique(expected[decided]).tolist())
+    assert {0, 255} < values  # background, ignore and at least one class are compared

@@ -351,6 +351,20 @@ def discrepancy_loss(fmap_1: torch.Tensor, fmap_2: torch.Tensor,
     return one_way(flat_1, flat_2) + one_way(flat_2, flat_1)
 
 
+def consistency_target(segs: torch.Tensor, sup_label: torch.Tensor, confidence: float = 0.9,
+                       ignore_index: int = IGNORE_INDEX
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(confidence, mask, target) of L_reg from the detached clean logits `segs` (B, K, H, W):
+    the max softmax, mask = `sup_label` is 255 and confidence > `confidence`, and the argmax of
+    the logits on the mask (255 elsewhere)."""
+    logits = segs.detach()
+    conf = torch.softmax(logits, dim=1).max(dim=1)[0]
+    mask = (sup_label == ignore_index) & (conf > confidence)
+    # the original takes argmax of the logits (the same index as argmax of their softmax)
+    target = torch.where(mask, logits.argmax(dim=1), torch.full_like(sup_label, ignore_index))
+    return conf, mask, target
+
+
 def consistency_loss(segs: torch.Tensor, segs_aug: torch.Tensor, sup_label: torch.Tensor,
                      confidence: float = 0.9, flip_back: bool = True,
                      ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
@@ -364,13 +378,8 @@ def consistency_loss(segs: torch.Tensor, segs_aug: torch.Tensor, sup_label: torc
         segs_aug = segs_aug.flip(-1)
     segs_aug_up = F.interpolate(segs_aug, size=segs.shape[-2:], mode="bilinear",
                                 align_corners=False)
-    probs = torch.softmax(segs.detach(), dim=1)
-    conf, target = probs.max(dim=1)
-    # the original takes argmax of the logits; same index as argmax of their softmax
-    target = segs.detach().argmax(dim=1)
-    mask = (sup_label == ignore_index) & (conf > confidence)
+    _, mask, target = consistency_target(segs, sup_label, confidence, ignore_index)
     count = mask.sum()
-    target = torch.where(mask, target, torch.full_like(target, ignore_index))
     per_pixel = F.cross_entropy(segs_aug_up, target, ignore_index=ignore_index, reduction="none")
     return torch.where(count > 0, per_pixel.sum() / count.clamp_min(1), per_pixel.sum() * 0.0)
 
@@ -922,6 +931,7 @@ __all__ = [
     "multi_scale_cams", "cam_to_train_label", "cam_to_val_label",
     "par_refine", "refine_cams_two_backgrounds", "cosine_descent", "image_high_thresholds",
     "balanced_seg_loss", "ptc_affinity_target", "ptc_loss", "ptc_token_labels",
-    "discrepancy_loss", "consistency_loss", "filter_noisy_labels", "fit_two_gaussians",
-    "TwoGaussians", "NoiseFilterResult", "denormalize_to_unit", "box_mask", "scale_box",
+    "discrepancy_loss", "consistency_loss", "consistency_target", "filter_noisy_labels",
+    "fit_two_gaussians", "TwoGaussians", "NoiseFilterResult", "denormalize_to_unit", "box_mask",
+    "scale_box",
 ]
