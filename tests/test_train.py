@@ -19,11 +19,12 @@ from wsss_core.io import write_label
 pytestmark = pytest.mark.slow
 
 
-def torchrun(repo: Path, nproc: int | None, *, wait=True):
-    """Run the train stage under torchrun with `nproc` processes (None: plain python, one process)."""
-    cmd = [sys.executable, "stages/train.py"] if nproc is None else [
+def torchrun(repo: Path, nproc: int | None, *, wait=True, script="stages/train.py", args=()):
+    """Run the train stage (or another `script`) under torchrun with `nproc` processes (None:
+    plain python, one process)."""
+    cmd = [sys.executable, script, *args] if nproc is None else [
         sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc-per-node={nproc}",
-        "--rdzv-backend=c10d", "--rdzv-endpoint=localhost:0", "stages/train.py"]
+        "--rdzv-backend=c10d", "--rdzv-endpoint=localhost:0", script, *args]
     env = {**os.environ, "WSSS_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
     if not wait:
         return subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE,
@@ -62,9 +63,13 @@ def repo(tmp_path):
     return repo
 
 
-def _losses(repo):
-    rows = (repo / "metrics/train/plots/metrics/train/loss.tsv").read_text().split("\n")[1:]
+def _curve(live_dir: Path, term: str = "loss") -> list[float]:
+    rows = (live_dir / f"plots/metrics/train/{term}.tsv").read_text().split("\n")[1:]
     return [float(r.split("\t")[1]) for r in rows if r]
+
+
+def _losses(repo):
+    return _curve(repo / "metrics/train")
 
 
 def test_two_processes_equal_one_process(repo):
@@ -84,6 +89,35 @@ def test_two_processes_equal_one_process(repo):
         assert torch.allclose(weights_one[key].float(), weights_two[key].float(), atol=1e-5), key
     summary = json.loads((repo / "metrics/train.json").read_text())
     assert summary["world_size"] == 2 and summary["effective_batch"] == 4
+
+
+DUPL_STEPS = Path(__file__).with_name("dupl_ddp_steps.py")
+
+
+def test_dupl_two_processes_equal_one_process(tmp_path):
+    """Two DuPL steps of the training loop, the second with the cross segmentation loss, on the
+    same global batch of 4: 2 gloo processes × 2 images give the losses and weights of 1 × 4.
+    tests/dupl_ddp_steps.py explains the batch: rank 1 gets the mirror images of rank 0's, so
+    the per-process normalisation of L_seg sees equal counts while the gradients differ; PTC
+    (its +1 in N + 1 is per process, as in the original) is weighted 0 there."""
+    outs = {nproc: tmp_path / f"world_{nproc}" for nproc in (1, 2)}
+    procs = {nproc: torchrun(tmp_path, nproc, wait=False, script=str(DUPL_STEPS), args=(str(out),))
+             for nproc, out in outs.items()}  # both at once: most of their time is start-up
+    for proc in procs.values():
+        output = proc.communicate(timeout=300)[0]
+        assert proc.returncode == 0, output
+    terms = ("loss", "cls", "seg", "dis", "ptc", "reg", "filtered")
+    one, two = ({term: _curve(out / "live", term) for term in terms} for out in outs.values())
+    for term in terms:
+        assert len(one[term]) == len(two[term]) == 2, term
+        assert np.allclose(one[term], two[term], rtol=1e-4, atol=1e-6), (term, one[term], two[term])
+    assert one["seg"][0] == 0 and one["seg"][1] > 0  # step 2 trains the cross seg loss
+    assert one["filtered"] == one["reg"] == [0.0, 0.0]  # ANF and L_reg start after the run
+    assert one["loss"][0] != one["loss"][1]
+    weights_one, weights_two = (torch.load(out / "model.pth", weights_only=True)
+                                for out in outs.values())
+    for key in weights_one:
+        assert torch.allclose(weights_one[key].float(), weights_two[key].float(), atol=1e-5), key
 
 
 def test_killed_run_resumes_from_checkpoint(repo):
