@@ -54,16 +54,19 @@ class LargeFOV(nn.Module):
 
 
 # --------------------------------------------------------------------------- backbone
-def create_vit(backbone: str, patch_size: int | None = None, depth: int | None = None) -> nn.Module:
+def create_vit(backbone: str, patch_size: int | None = None, depth: int | None = None,
+               embed_dim: int | None = None, num_heads: int | None = None) -> nn.Module:
     """A timm ViT by name, randomly initialised, with its position embedding frozen.
-    `patch_size` and `depth` override the name's (the CPU demo uses 8-px patches for a finer
-    token grid on small crops and fewer blocks; pretrained weights need the name's own)."""
+    `patch_size`, `depth`, `embed_dim` and `num_heads` override the name's (the CPU demo uses
+    8-px patches for a finer token grid on small crops, and a smaller encoder; pretrained
+    weights need the name's own)."""
     try:
         import timm
     except ImportError as exc:  # pragma: no cover - timm is a hard dependency
         raise WsssError(f"DuPL needs timm ({exc})") from None
     try:
-        extra = {key: value for key, value in (("patch_size", patch_size), ("depth", depth))
+        extra = {key: value for key, value in (("patch_size", patch_size), ("depth", depth),
+                                               ("embed_dim", embed_dim), ("num_heads", num_heads))
                  if value is not None}
         vit = timm.create_model(backbone, pretrained=False, **extra)
     except RuntimeError as exc:
@@ -223,14 +226,14 @@ class Student(nn.Module):
     """One DuPL student: ViT encoder, main and aux classifiers, LargeFOV decoder."""
 
     def __init__(self, backbone: str, num_classes: int, aux_layer: int = -3,
-                 patch_size: int | None = None, depth: int | None = None):
+                 decoder_width: int = DECODER_DIM, **vit_overrides: int | None):
         super().__init__()
-        self.encoder = create_vit(backbone, patch_size, depth)
+        self.encoder = create_vit(backbone, **vit_overrides)
         dim = int(self.encoder.embed_dim)
         self.aux_layer = aux_layer
         self.classifier = nn.Conv2d(dim, num_classes - 1, 1, bias=False)
         self.aux_classifier = nn.Conv2d(dim, num_classes - 1, 1, bias=False)
-        self.decoder = LargeFOV(dim, num_classes)
+        self.decoder = LargeFOV(dim, num_classes, width=decoder_width)
 
     def tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return vit_tokens(self.encoder, images, self.aux_layer)
@@ -255,14 +258,14 @@ class DuplNet(nn.Module):
     """Two independent students (`branch1`, `branch2`, the original attribute names)."""
 
     def __init__(self, backbone: str, num_classes: int, aux_layer: int = -3,
-                 patch_size: int | None = None, depth: int | None = None):
+                 decoder_width: int = DECODER_DIM, **vit_overrides: int | None):
         super().__init__()
         if num_classes < 2:
             raise WsssError(f"DuPL needs at least 2 classes (background + one), got {num_classes}")
         self.num_classes = num_classes
         self.backbone = backbone
-        self.branch1 = Student(backbone, num_classes, aux_layer, patch_size, depth)
-        self.branch2 = Student(backbone, num_classes, aux_layer, patch_size, depth)
+        self.branch1 = Student(backbone, num_classes, aux_layer, decoder_width, **vit_overrides)
+        self.branch2 = Student(backbone, num_classes, aux_layer, decoder_width, **vit_overrides)
 
     @property
     def students(self) -> tuple[Student, Student]:
@@ -290,11 +293,16 @@ class DuplNet(nn.Module):
 
 def build_dupl_model(num_classes: int, backbone: str = "deit_tiny_patch16_224",
                      pretrained_path: str = "", aux_layer: int = -3,
-                     patch_size: int | None = None, depth: int | None = None) -> DuplNet:
+                     patch_size: int | None = None, depth: int | None = None,
+                     embed_dim: int | None = None, num_heads: int | None = None,
+                     decoder_width: int = DECODER_DIM) -> DuplNet:
     """The two-student DuPL network. `backbone` is any timm ViT name (paper: deit_base_patch16_224
-    or vit_base_patch16_224); `pretrained_path` a local .pth/.safetensors file of ImageNet
-    weights loaded into both encoders ("" = random init, which the method is not meant for)."""
-    model = DuplNet(backbone, num_classes, aux_layer, patch_size, depth)
+    or vit_base_patch16_224), its `patch_size`, `depth`, `embed_dim`, `num_heads` overridable;
+    `decoder_width` the LargeFOV width (512 in the paper); `pretrained_path` a local
+    .pth/.safetensors file of ImageNet weights loaded into both encoders ("" = random init,
+    which the method is not meant for)."""
+    model = DuplNet(backbone, num_classes, aux_layer, decoder_width, patch_size=patch_size,
+                    depth=depth, embed_dim=embed_dim, num_heads=num_heads)
     if pretrained_path:
         load_vit_weights(model.branch1.encoder, pretrained_path)
         model.branch2.encoder.load_state_dict(model.branch1.encoder.state_dict())
