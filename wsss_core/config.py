@@ -201,6 +201,37 @@ class InferParams:
 
 
 @dataclass
+class BenchmarkParams:
+    """The noise-robustness benchmark grid (robustness/dvc.yaml) on the synthetic data: each
+    pseudo-label method at every noise level with every seed; each image-label method (DuPL,
+    which never sees the pseudo labels) once per seed."""
+
+    pseudo_label_methods: list[str] = field(default_factory=lambda: ["baseline", "cdl_b", "cdl_e"])
+    image_label_methods: list[str] = field(default_factory=lambda: ["dupl"])
+    noise_levels: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+
+    @property
+    def methods(self) -> list[str]:
+        return [*self.pseudo_label_methods, *self.image_label_methods]
+
+    def validate(self, where: str) -> None:
+        for key, allowed in (("pseudo_label_methods", ("baseline", "cdl_b", "cdl_e")),
+                             ("image_label_methods", ("dupl",))):
+            for name in getattr(self, key):
+                _check(name in allowed, f"{where}.{key}", f"unknown method '{name}' (allowed: "
+                       f"{', '.join(allowed)})")
+        for key in ("pseudo_label_methods", "noise_levels", "seeds"):
+            values = getattr(self, key)
+            _check(len(values) >= 1 and len(set(values)) == len(values), f"{where}.{key}",
+                   "must list at least one value, without repeats")
+        _check(len(set(self.image_label_methods)) == len(self.image_label_methods),
+               f"{where}.image_label_methods", "must not repeat a method")
+        _check(all(0.0 <= n <= 1.0 for n in self.noise_levels), f"{where}.noise_levels",
+               "must be in [0, 1]")
+
+
+@dataclass
 class Params:
     method: Method = "baseline"
     dataset: DatasetName = "synthetic"
@@ -211,6 +242,7 @@ class Params:
     infer: InferParams = field(default_factory=InferParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     crf: CrfParams = field(default_factory=CrfParams)
+    benchmark: BenchmarkParams = field(default_factory=BenchmarkParams)
 
     def validate(self, where: str) -> None:
         if self.pseudo_labels.source == "synthetic" and self.dataset != "synthetic":

@@ -275,11 +275,13 @@ def refine_split(split: Split, logits_dir: str | Path, out_dir: str | Path, num_
     out_dir.mkdir(parents=True, exist_ok=True)
 
     def job(image_id: str) -> _ImageJob:
+        # absolute paths: joblib reuses worker processes, whose working directory may differ
         out_path = out_dir / f"{image_id}.png"
         return _ImageJob(
-            image_id=image_id, logits_path=logits_dir / f"{image_id}.npy",
-            image_path=split.image_path(image_id),
-            gt_path=split.gt_path(image_id) if has_gt else None, out_path=out_path,
+            image_id=image_id, logits_path=(logits_dir / f"{image_id}.npy").absolute(),
+            image_path=split.image_path(image_id).absolute(),
+            gt_path=split.gt_path(image_id).absolute() if has_gt else None,
+            out_path=out_path.absolute(),
             num_classes=num_classes, settings=settings, wrapped_mean=wrapped_mean,
             reuse=resume and journal.reusable(out_path, image_id, inputs[image_id]))
 

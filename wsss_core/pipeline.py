@@ -5,9 +5,11 @@ import shutil
 from pathlib import Path
 
 from .config import Params
-from .data.datasets import (class_labels_path, class_names, logits_dir, pseudo_label_dir,
-                            resolve_split)
+from .crf import crf_settings, refine_split, write_overlays
+from .data.datasets import (class_labels_path, class_names, logits_dir, predictions_dir,
+                            pseudo_label_dir, resolve_split)
 from .data.classes import read_class_labels
+from .data.pseudo_labels import ingest_pseudo_labels, synthesize_pseudo_labels
 from .data.train_set import TrainSet
 from .distributed import distributed
 from .errors import DataError
@@ -24,10 +26,44 @@ MODELS_DIR = Path("models")
 TRAIN_LIVE_DIR = Path("metrics/train")
 TRAIN_SUMMARY = Path("metrics/train.json")
 SCORES = Path("metrics/scores.json")
+SCORES_CRF = Path("metrics/scores_crf.json")
+PSEUDO_LABEL_SCORES = Path("metrics/pseudo_labels.json")
+OVERLAYS_DIR = Path("metrics/plots/overlays")
 
 
 def model_path(params: Params) -> Path:
     return MODELS_DIR / params.method / "model.pth"
+
+
+def publish_pseudo_labels(params: Params, out_dir: Path | None = None) -> dict:
+    """The train split's pseudo labels in `out_dir` (default data/pseudo_labels/<name>/):
+    simulated from the synthetic GT with `data.noise`, or validated and copied from
+    `pseudo_labels.source`."""
+    split = resolve_split(params, "train")
+    out_dir = out_dir or pseudo_label_dir(params)
+    if params.pseudo_labels.source == "synthetic":
+        info = synthesize_pseudo_labels(params, split, out_dir)
+    else:
+        info = ingest_pseudo_labels(params.pseudo_labels.source, split, params.num_classes, out_dir)
+    print(f"pseudo labels: {info['labels']} files in {out_dir}", flush=True)
+    return info
+
+
+def score_pseudo_labels(params: Params, folder: Path | None = None,
+                        out: Path = PSEUDO_LABEL_SCORES) -> dict:
+    """mIoU of the pseudo labels in `folder` (default data/pseudo_labels/<name>/) against the
+    train GT → `out` (metrics/pseudo_labels.json) and a per-class CSV beside it."""
+    split = resolve_split(params, "train")
+    matrix = score_folder(folder or pseudo_label_dir(params), split, params.num_classes, "labels",
+                          n_jobs=params.evaluate.n_jobs)
+    report = scores_report(matrix, class_names(params), what="pseudo_labels", split="train",
+                           dataset=params.dataset, pseudo_labels=params.pseudo_labels.name,
+                           noise=params.data.noise if params.pseudo_labels.source == "synthetic"
+                           else None)
+    write_json(out, report)
+    write_text(out.with_name(out.stem + "_per_class.csv"), per_class_csv(report))
+    print(f"pseudo_labels: mIoU {report['miou']:.4f} on {len(split.ids)} train images", flush=True)
+    return report
 
 
 def run_training(params: Params) -> dict:
@@ -109,3 +145,32 @@ def run_inference(params: Params, split_name: str = "val") -> dict | None:
         write_text(SCORES.with_name("scores_per_class.csv"), per_class_csv(report))
         print(f"{params.method} val mIoU (no CRF): {report['miou']:.4f}", flush=True)
         return report
+
+
+def run_crf(params: Params) -> dict:
+    """DenseCRF over the val logits: palette PNGs, metrics/scores_crf.json (with the no-CRF
+    mIoU of the same pass) + per-class CSV, and a few overlays."""
+    split = resolve_split(params, "val")
+    settings = crf_settings(params.crf, params.method)
+    source, out_dir = logits_dir(params, "val"), predictions_dir(params, "val")
+    result = refine_split(split, source, out_dir, params.num_classes, settings, ids=split.ids,
+                          wrapped_mean=params.crf.wrapped_mean_image, n_jobs=params.crf.n_jobs)
+    no_crf = result.no_crf.scores()
+    report = scores_report(
+        result.crf, class_names(params), split="val", method=params.method, crf=True,
+        dataset=params.dataset, images=result.images,
+        miou_no_crf=no_crf["miou"], pixel_acc_no_crf=no_crf["pixel_acc"],
+    )
+    write_json(SCORES_CRF, report)
+    write_text(SCORES_CRF.with_name("scores_crf_per_class.csv"), per_class_csv(report))
+    if params.crf.overlays:
+        write_overlays(split, source, out_dir, sorted(split.ids)[:params.crf.overlays],
+                       OVERLAYS_DIR, params.num_classes)
+    reused = f" ({result.reused} reused)" if result.reused else ""
+    print(f"crf: mIoU {_fmt(report['miou'])} (no CRF {_fmt(no_crf['miou'])}) on "
+          f"{result.images} val images{reused}", flush=True)
+    return report
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

@@ -1,0 +1,41 @@
+"""Stages of the noise-robustness benchmark (robustness/dvc.yaml); see wsss_core.robustness.
+
+    python stages/robustness.py pseudo-labels --noise 0.5     # simulate + score one noise level
+    python stages/robustness.py run --method cdl_b --noise 0.5 --seed 1
+    python stages/robustness.py run --method dupl --seed 1     # no pseudo labels, no noise
+    python stages/robustness.py report                         # metrics/benchmark.json, .csv, plot
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from wsss_core import robustness  # noqa: E402
+from wsss_core.cli import run_stage  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("pseudo-labels").add_argument("--noise", type=float, required=True)
+    run = commands.add_parser("run")
+    run.add_argument("--method", required=True)
+    run.add_argument("--noise", type=float, default=None)
+    run.add_argument("--seed", type=int, required=True)
+    commands.add_parser("report")
+    args = parser.parse_args()
+    if args.command == "pseudo-labels":
+        robustness.make_pseudo_labels(args.noise)
+    elif args.command == "run":
+        result = robustness.run_cell(args.method, args.noise, args.seed)
+        print(f"{robustness.cell_name(args.method, args.noise, args.seed)}: mIoU {result['miou']:.4f}, "
+              f"with CRF {result['miou_crf']:.4f} ({result['wall_time_s']} s)")
+    else:
+        summary = robustness.write_report()
+        print(f"benchmark: {summary['wall_time_s']['cells']} cells, "
+              f"{summary['wall_time_s']['total']} s → {robustness.BENCHMARK_JSON}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

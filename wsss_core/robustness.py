@@ -1,0 +1,269 @@
+"""Noise-robustness benchmark: every method × pseudo-label noise level × seed on the demo data.
+
+The benchmark is its own DVC pipeline (`robustness/dvc.yaml`, run with `dvc repro
+robustness/dvc.yaml`) whose matrix stages call the functions here:
+
+* `make_pseudo_labels(noise)` simulates the synthetic train split's pseudo labels at one noise
+  level (`data/robustness/pseudo_labels/noise_<level>/`) and scores them against the GT.
+* `run_cell(method, noise, seed)` runs the ordinary pipeline (train → infer → CRF, the same
+  functions the main stages call) for one configuration in a scratch workspace
+  `data/robustness/work/<cell>/` that holds a params.yaml derived from the repository's (method,
+  seed and noise replaced, one process) and links to the prepared data and that level's pseudo
+  labels. Only the cell's scores are kept (`metrics/robustness/runs/<cell>.json`); an interrupted
+  cell resumes from the checkpoints left in its workspace.
+* `write_report()` gathers every cell into `metrics/benchmark.json` (mean and spread over
+  seeds, per noise level, next to the pseudo labels' own mIoU), `metrics/benchmark.csv` for
+  `dvc plots` and the PNG plot of mIoU against noise.
+
+DuPL learns from image-level labels only, so it has no noise axis: it is trained once per seed
+and its numbers are reported at every level (`"uses_pseudo_labels": false`).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Iterator
+
+import yaml
+
+from .config import PARAMS_FILE, Params, load_params
+from .errors import ConfigError, DataError
+from .io import atomic_path, read_json, write_json, write_text
+from .presets import method_family
+
+PSEUDO_DIR = Path("data/robustness/pseudo_labels")
+WORK_DIR = Path("data/robustness/work")
+RESULTS_DIR = Path("metrics/robustness")
+BENCHMARK_JSON = Path("metrics/benchmark.json")
+BENCHMARK_CSV = Path("metrics/benchmark.csv")
+BENCHMARK_PLOT = Path("metrics/plots/benchmark_miou_vs_noise.png")
+
+
+def uses_pseudo_labels(method: str) -> bool:
+    """DeepLab-family methods train on the pseudo labels; DuPL on image-level labels only."""
+    return method_family(method) == "deeplab"
+
+
+def level_key(noise: float) -> str:
+    """The noise level as the string DVC puts in stage and file names: 0.5 → "0.5"."""
+    return str(float(noise))
+
+
+def cell_name(method: str, noise: float | None, seed: int) -> str:
+    if not uses_pseudo_labels(method):
+        return f"{method}-seed{seed}"
+    return f"{method}-noise{level_key(noise)}-seed{seed}"
+
+
+def _benchmark_params() -> Params:
+    params = load_params()
+    if params.dataset != "synthetic" or params.pseudo_labels.source != "synthetic":
+        raise ConfigError("params.yaml: the robustness benchmark needs dataset 'synthetic' and "
+                          "pseudo_labels.source 'synthetic' (its noise is simulated)")
+    return params
+
+
+def pseudo_label_folder(noise: float) -> Path:
+    return PSEUDO_DIR / f"noise_{level_key(noise)}"
+
+
+def pseudo_label_scores(noise: float) -> Path:
+    return RESULTS_DIR / "pseudo_labels" / f"noise_{level_key(noise)}.json"
+
+
+def make_pseudo_labels(noise: float) -> dict:
+    """Simulate and score the train pseudo labels at `noise` (other data.* as in params.yaml)."""
+    from .pipeline import publish_pseudo_labels, score_pseudo_labels
+
+    _benchmark_params()
+    params = load_params(overrides={"data.noise": float(noise)})
+    folder = pseudo_label_folder(noise)
+    publish_pseudo_labels(params, folder)
+    return score_pseudo_labels(params, folder, pseudo_label_scores(noise))
+
+
+@contextlib.contextmanager
+def _working_directory(path: Path) -> Iterator[None]:
+    previous = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def _link(link: Path, target: Path) -> None:
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(target.resolve(), target_is_directory=True)
+
+
+def _cell_params(method: str, noise: float, seed: int) -> dict:
+    """params.yaml of a cell: the repository's, with the cell's method, seed and noise, one
+    process (cells run one after another on the whole machine) and no CRF overlays."""
+    raw = yaml.safe_load(Path(PARAMS_FILE).read_text(encoding="utf-8")) or {}
+    raw["method"], raw["seed"] = method, int(seed)
+    raw.setdefault("data", {})["noise"] = float(noise)
+    raw.setdefault("train", {})["nproc"] = 1
+    raw.setdefault("infer", {})["nproc"] = 1
+    raw.setdefault("crf", {})["overlays"] = 0
+    raw.pop("benchmark", None)
+    return raw
+
+
+def run_cell(method: str, noise: float | None, seed: int) -> dict:
+    """Train, infer and CRF one configuration; returns (and writes) its scores."""
+    from .data.datasets import prepared_dir
+    from .pipeline import run_crf, run_inference, run_training
+
+    params = _benchmark_params()
+    if not uses_pseudo_labels(method):
+        noise = params.data.noise  # unused by the method; recorded for completeness
+    elif noise is None:
+        raise ConfigError(f"robustness: method '{method}' needs a noise level")
+    name = cell_name(method, noise, seed)
+    root = Path.cwd()
+    work = WORK_DIR / name
+    work.mkdir(parents=True, exist_ok=True)
+    prepared = prepared_dir(params)
+    if not prepared.is_dir():
+        raise DataError(prepared, "prepared dataset not found (run the prepare_data stage)")
+    _link(work / prepared, prepared)
+    if uses_pseudo_labels(method):
+        labels = pseudo_label_folder(noise)
+        if not labels.is_dir():
+            raise DataError(labels, "pseudo labels of this noise level not found (run the "
+                                    "robustness pseudo_labels stage)")
+        _link(work / "data" / "pseudo_labels" / params.pseudo_labels.name, labels)
+    cell_params = _cell_params(method, noise, seed)
+    with atomic_path(work / PARAMS_FILE) as tmp:
+        tmp.write_text(yaml.safe_dump(cell_params, sort_keys=False), encoding="utf-8")
+
+    started = time.time()
+    with _working_directory(work):
+        cell = load_params()
+        summary = run_training(cell)
+        scores = run_inference(cell)
+        crf = run_crf(cell)
+    result = {
+        "method": method, "noise": float(noise), "seed": int(seed),
+        "uses_pseudo_labels": uses_pseudo_labels(method),
+        "miou": scores["miou"], "miou_crf": crf["miou"],
+        "iterations": summary["iterations"], "effective_batch": summary["effective_batch"],
+        "train_wall_time_s": summary["wall_time_s"],
+        "wall_time_s": round(time.time() - started, 1),
+    }
+    for key in ("predictor", "predictors_miou", "cam_miou"):  # DuPL's two students
+        if key in scores:
+            result[key] = scores[key]
+    write_json(root / RESULTS_DIR / "runs" / f"{name}.json", result)
+    shutil.rmtree(work)  # kept only while the cell is unfinished (its checkpoints resume it)
+    return result
+
+
+# --------------------------------------------------------------------------- the report
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof 1; 0 for a single seed)."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def summarize(runs: list[dict], pseudo_miou: dict[str, float], default_noise: float,
+              methods: list[str]) -> dict:
+    """The benchmark table: per noise level the pseudo labels' mIoU and, per method, the mean
+    and spread over seeds of the val mIoU without and with CRF."""
+    default = level_key(default_noise)
+    if default not in pseudo_miou:
+        raise ConfigError(f"params.yaml: data.noise {default} is not one of the benchmark's "
+                          f"noise levels ({', '.join(pseudo_miou)})")
+    levels: dict[str, dict] = {}
+    for key in sorted(pseudo_miou, key=float):
+        entry: dict = {"pseudo_labels": {"miou": pseudo_miou[key]}}
+        for method in methods:
+            cells = [r for r in runs if r["method"] == method
+                     and (not uses_pseudo_labels(method) or level_key(r["noise"]) == key)]
+            if not cells:
+                continue
+            cells.sort(key=lambda r: r["seed"])
+            miou_mean, miou_std = _mean_std([r["miou"] for r in cells])
+            crf_mean, crf_std = _mean_std([r["miou_crf"] for r in cells])
+            entry[method] = {"miou_mean": miou_mean, "miou_std": miou_std,
+                             "miou_crf_mean": crf_mean, "miou_crf_std": crf_std,
+                             "seeds": len(cells), "seed_list": [r["seed"] for r in cells],
+                             "uses_pseudo_labels": uses_pseudo_labels(method)}
+        levels[key] = entry
+    return {"default_noise": default, "levels": levels}
+
+
+def benchmark_csv(summary: dict, methods: list[str]) -> str:
+    """One row per noise level: the pseudo labels' mIoU and each method's mean mIoU (CRF)."""
+    header = ["noise", "pseudo_labels"] + [f"{m}{suffix}" for m in methods
+                                           for suffix in ("", "_std", "_no_crf")]
+    lines = [",".join(header)]
+    for key, entry in summary["levels"].items():
+        row = [key, f"{entry['pseudo_labels']['miou']:.6f}"]
+        for method in methods:
+            cell = entry.get(method)
+            row += ["", "", ""] if cell is None else [
+                f"{cell['miou_crf_mean']:.6f}", f"{cell['miou_crf_std']:.6f}", f"{cell['miou_mean']:.6f}"]
+        lines.append(",".join(row))
+    return "\n".join(lines) + "\n"
+
+
+def plot_benchmark(summary: dict, methods: list[str], path: Path) -> None:
+    """mIoU (CRF, mean ± std over seeds) against pseudo-label noise, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(summary["levels"])
+    x = [float(k) for k in keys]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    ax.plot(x, [100 * summary["levels"][k]["pseudo_labels"]["miou"] for k in keys], "k--",
+            marker="s", label="pseudo labels (train)")
+    for method in methods:
+        points = [(float(k), summary["levels"][k][method]) for k in keys if method in summary["levels"][k]]
+        if not points:
+            continue
+        xs = [p[0] for p in points]
+        mean = [100 * p[1]["miou_crf_mean"] for p in points]
+        std = [100 * p[1]["miou_crf_std"] for p in points]
+        ax.errorbar(xs, mean, yerr=std, marker="o", capsize=3, label=f"{method} (val, CRF)")
+    ax.set_xlabel("pseudo-label noise (data.noise)")
+    ax.set_ylabel("mIoU (%)")
+    ax.set_title("Noise robustness on the synthetic demo data")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def write_report() -> dict:
+    """Gather the cells of the configured grid into benchmark.json, .csv and the plot."""
+    params = _benchmark_params()
+    grid = params.benchmark
+    methods = grid.methods
+    pseudo = {level_key(n): read_json(pseudo_label_scores(n))["miou"] for n in grid.noise_levels}
+    runs = []
+    for method in methods:
+        levels = [None] if not uses_pseudo_labels(method) else grid.noise_levels
+        for noise in levels:
+            for seed in grid.seeds:
+                runs.append(read_json(RESULTS_DIR / "runs" / f"{cell_name(method, noise, seed)}.json"))
+    summary = summarize(runs, pseudo, params.data.noise, methods)
+    summary["wall_time_s"] = {"total": round(sum(r["wall_time_s"] for r in runs), 1),
+                              "cells": len(runs)}
+    write_json(BENCHMARK_JSON, summary)
+    write_text(BENCHMARK_CSV, benchmark_csv(summary, methods))
+    plot_benchmark(summary, methods, BENCHMARK_PLOT)
+    return summary
