@@ -85,3 +85,34 @@ def test_unknown_preset_names_the_allowed_ones():
 
     with pytest.raises(ConfigError, match="'voc' is not a preset of method 'cdl_b' .*voc12_coco_predtrain"):
         effective_train_config(params_from_dict({"method": "cdl_b", "train": {"preset": "voc"}}))
+
+
+def test_demo_preset_adapts_cdl_and_train_values_still_win():
+    from wsss_core.methods import create_method
+    from wsss_core.presets import effective_train_config
+
+    baseline = effective_train_config(params_from_dict({"method": "baseline"}))
+    cdl = effective_train_config(params_from_dict({"method": "cdl_b"}))
+    assert baseline["lr"] == 0.01 and baseline["method_options"] == {}
+    assert cdl["lr"] == 0.025 and cdl["method_options"] == {"warmup_ratio": 0.4}
+    assert "method_overrides" not in cdl and cdl["crop"] == baseline["crop"]
+    mine = effective_train_config(params_from_dict({"method": "cdl_e", "train": {
+        "lr": 0.001, "method_options": {"warmup_ratio": 0.2, "threshold_1": 0.8}}}))
+    assert mine["lr"] == 0.001
+    assert mine["method_options"] == {"warmup_ratio": 0.2, "threshold_1": 0.8}
+    # paper presets keep the original schedule: correction from 10 %, no lr warm-up
+    paper = effective_train_config(params_from_dict({"method": "cdl_b",
+                                                     "train": {"preset": "voc12_coco_predtrain"}}))
+    assert paper["lr"] == 2.5e-4 and "warmup_ratio" not in paper["method_options"]
+    assert create_method("cdl_b", 21, paper).lr_factor(1) == 1.0
+
+
+def test_deeplab_demo_lr_warms_up_linearly_then_decays():
+    from wsss_core.methods import create_method
+    from wsss_core.presets import effective_train_config
+
+    method = create_method("baseline", 21, effective_train_config(params_from_dict({})))
+    assert method.lr_factor(6) == pytest.approx(0.2)           # 6/30, poly still at k = 0
+    assert method.lr_factor(15) == pytest.approx(0.5 * (1 - 10 / 300) ** 0.9)
+    assert method.lr_factor(30) == pytest.approx((1 - 20 / 300) ** 0.9)  # last update at k=20
+    assert method.lr_factor(31) == pytest.approx((1 - 30 / 300) ** 0.9)

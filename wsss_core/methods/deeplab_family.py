@@ -59,8 +59,12 @@ class DeepLabFamily:
         return torch.optim.SGD(groups, lr=self.config["lr"], momentum=self.config["momentum"])
 
     def lr_factor(self, iteration: int) -> float:
-        return stepped_poly_factor(iteration, self.config["iterations"],
-                                   self.config.get("lr_step", 10), self.config.get("lr_power", 0.9))
+        factor = stepped_poly_factor(iteration, self.config["iterations"],
+                                     self.config.get("lr_step", 10), self.config.get("lr_power", 0.9))
+        # demo only (the paper configs fine-tune a pretrained net and have none): heads trained
+        # from scratch at 10×/20× the lr blow up in the first steps without a linear warm-up
+        warmup = self.config.get("warmup_iter", 0)
+        return factor * min(1.0, iteration / warmup) if warmup else factor
 
     def training_loss(self, model: nn.Module, batch: dict, iteration: int):
         strong = batch.get("strong_image") if self.needs_strong_view else None
