@@ -154,3 +154,54 @@ def test_changed_configuration_does_not_resume(repo):
     out = torchrun(repo, 1)
     assert "resuming" not in out
     assert json.loads((repo / "metrics/train.json").read_text())["resumed_from_iteration"] == 0
+
+
+class _ToySet(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        return {"x": torch.tensor([3.0, 4.0])}
+
+    def set_epoch(self, epoch):
+        pass
+
+
+class _ToyMethod:
+    """w·x with a huge loss scale: one SGD step (lr 1) moves w by the (clipped) gradient."""
+    name, family, needs_strong_view, find_unused_parameters = "toy", "deeplab", False, False
+
+    def build_model(self):
+        model = torch.nn.Linear(2, 1, bias=False)
+        torch.nn.init.zeros_(model.weight)
+        return model
+
+    def optimizer(self, model):
+        return torch.optim.SGD([{"params": model.parameters(), "lr": 1.0, "initial_lr": 1.0}])
+
+    def lr_factor(self, iteration):
+        return 1.0
+
+    def training_loss(self, model, batch, iteration):
+        loss = 1000.0 * model(batch["x"]).mean()
+        return loss, {"loss": float(loss)}
+
+    def predictors(self):
+        return {}
+
+
+@pytest.mark.parametrize("clip, expected", [(None, [3000.0, 4000.0]), (1.0, [0.6, 0.8])])
+def test_loop_clips_the_gradient_norm_when_configured(tmp_path, clip, expected):
+    from wsss_core.distributed import Context
+    from wsss_core.train import train
+
+    config = {"iterations": 1, "batch_size": 2, "iter_size": 1, "num_workers": 0,
+              "checkpoint_every": 1, "log_every": 1, "seed": 0, "grad_clip": clip}
+    ctx = Context(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    summary = train(_ToyMethod(), _ToySet(), ctx, config, tmp_path)
+    weight = torch.load(tmp_path / "model.pth")["weight"]
+    # gradient of 1000·mean(w·x) is 1000·x = (3000, 4000), norm 5000; SGD subtracts it
+    assert torch.allclose(-weight, torch.tensor([expected]), rtol=1e-5)
+    assert ("grad_norm" in summary["final_losses"]) == (clip is not None)
+    if clip is not None:
+        assert summary["final_losses"]["grad_norm"] == pytest.approx(5000.0)

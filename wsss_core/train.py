@@ -78,8 +78,10 @@ def train(method: TrainingMethod, dataset, ctx: Context, config: dict, out_dir: 
 
     `config` is the effective training configuration (preset + overrides); it must hold
     iterations, batch_size (global, split over the ranks), iter_size, num_workers,
-    checkpoint_every, log_every, seed; anything else in it (e.g. a digest of the training
-    labels) only serves to tell whether a checkpoint belongs to this run.
+    checkpoint_every, log_every, seed; an optional grad_clip clips the global gradient norm of
+    each optimiser step to that value (the norm before clipping is logged as `grad_norm`);
+    anything else in it (e.g. a digest of the training labels) only serves to tell whether a
+    checkpoint belongs to this run.
     """
     iterations, iter_size = config["iterations"], config["iter_size"]
     if config["batch_size"] % ctx.world_size:
@@ -157,6 +159,10 @@ def train(method: TrainingMethod, dataset, ctx: Context, config: dict, out_dir: 
                 (loss / iter_size).backward()
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + float(value) / iter_size
+        if config.get("grad_clip"):
+            # gradients are already averaged over the ranks, so every rank clips alike
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config["grad_clip"])
+            sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(norm)
         optimizer.step()
         count += 1
 
