@@ -1,0 +1,110 @@
+"""Does CDL's online correction make the training labels better? Trains CDL with the demo preset
+on the synthetic data and prints, per logging window after the correction starts, the mIoU
+against the ground truth of the pseudo labels the batch came with and of the labels CDL corrected
+them to (full-resolution MSC output, the label both experts learn from), plus how many pixels
+the correction changed.
+
+    python benchmarks/cdl_label_quality.py [--method cdl_b] [--noise-dir data/pseudo_labels/synthetic]
+
+Run `dvc repro` first (it generates the data and the pseudo labels). Training crops of the
+pseudo labels and of the GT come from two datasets with the same seed, so they are the same crops.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from wsss_core.config import load_params  # noqa: E402
+from wsss_core.data.datasets import pseudo_label_dir, resolve_split  # noqa: E402
+from wsss_core.data.train_set import TrainSet  # noqa: E402
+from wsss_core.methods import create_method  # noqa: E402
+from wsss_core.methods.baseline import resize_labels  # noqa: E402
+from wsss_core.methods.cdl import update_labels  # noqa: E402
+from wsss_core.metrics import ConfusionMatrix  # noqa: E402
+from wsss_core.presets import effective_train_config  # noqa: E402
+from wsss_core.schedules import set_lr_factor  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--method", default="cdl_b", choices=["cdl_b", "cdl_e"])
+    parser.add_argument("--labels", default=None, help="pseudo-label folder (default: the pipeline's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--window", type=int, default=30)
+    args = parser.parse_args()
+
+    params = load_params(overrides={"method": args.method, "seed": args.seed})
+    config = effective_train_config(params)
+    family = create_method(args.method, params.num_classes, config)
+    cdl = family.method
+    split = resolve_split(params, "train")
+    labels_dir = Path(args.labels) if args.labels else pseudo_label_dir(params)
+    common = dict(scales=config["train_scales"], strong_view=family.needs_strong_view)
+    noisy = TrainSet(split, "deeplab", params.num_classes, config["crop"], args.seed,
+                     label_dir=labels_dir, **common)
+    truth = TrainSet(split, "deeplab", params.num_classes, config["crop"], args.seed,
+                     label_dir=split.gt_dir, **common)
+
+    torch.manual_seed(args.seed)
+    model = family.build_model()
+    optimizer = family.optimizer(model)
+    model.train()
+    iterations, batch_size = config["iterations"], config["batch_size"]
+    start = int(cdl.config.warmup_ratio * iterations) + 1
+    generator = torch.Generator().manual_seed(args.seed)
+    raw_cm = fixed_cm = None
+    changed = total = 0
+    epoch, order, position = 0, [], 0
+    started = time.time()
+    print(f"{args.method}: correction from iteration {start} of {iterations}; labels {labels_dir}")
+    print("iterations | pseudo labels mIoU | corrected labels mIoU | pixels changed")
+    for iteration in range(1, iterations + 1):
+        if position + batch_size > len(order):
+            noisy.set_epoch(epoch)
+            truth.set_epoch(epoch)
+            order, position, epoch = torch.randperm(len(noisy), generator=generator).tolist(), 0, epoch + 1
+        indices = order[position:position + batch_size]
+        position += batch_size
+        batch = torch.utils.data.default_collate([noisy[i] for i in indices])
+        gt = torch.stack([truth[i]["label"] for i in indices])
+
+        set_lr_factor(optimizer, family.lr_factor(iteration))
+        optimizer.zero_grad(set_to_none=True)
+        outputs = model(batch["image"], batch.get("strong_image"))
+        loss, _ = cdl.compute_loss(outputs, batch["label"], iteration, iterations)
+        loss.backward()
+        if config.get("grad_clip"):
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config["grad_clip"])
+        optimizer.step()
+
+        if iteration < start:
+            continue
+        with torch.no_grad():  # the full-resolution MSC output, as compute_loss corrects it
+            logits_1, logits_2 = outputs.main[0].detach(), outputs.second[0].detach()
+            raw = resize_labels(batch["label"], logits_1.shape[-2:])
+            corrected, _ = update_labels(logits_1, logits_2, outputs.affinity[0].detach(), raw,
+                                         cdl.config.threshold_1, cdl.config.threshold_2,
+                                         cdl.config.incredible_threshold, cdl.config.source_threshold)
+            small_gt = resize_labels(gt, logits_1.shape[-2:]).numpy()
+        if raw_cm is None:
+            raw_cm, fixed_cm = ConfusionMatrix(params.num_classes), ConfusionMatrix(params.num_classes)
+        raw_cm.update(raw.numpy(), small_gt)
+        fixed_cm.update(corrected.numpy(), small_gt)
+        changed += int((corrected != raw).sum())
+        total += raw.numel()
+        if (iteration - start + 1) % args.window == 0 or iteration == iterations:
+            print(f"{iteration - args.window + 1:4d}-{iteration:<4d} | {raw_cm.scores()['miou']:.4f} | "
+                  f"{fixed_cm.scores()['miou']:.4f} | {changed / total:.1%}", flush=True)
+            raw_cm = fixed_cm = None
+            changed = total = 0
+    print(f"({time.time() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
