@@ -9,7 +9,8 @@ import yaml
 from tests.conftest import copy_repo
 from tests.test_pipeline import dvc, ran, sh
 from wsss_core.errors import ConfigError
-from wsss_core.robustness import benchmark_csv, cell_name, level_key, summarize
+from wsss_core.robustness import (benchmark_csv, benchmark_wall_time, cell_name, cell_result_path,
+                                  level_key, summarize)
 
 
 def _run(method, noise, seed, miou, miou_crf):
@@ -47,11 +48,29 @@ def test_default_noise_must_be_a_benchmark_level():
         summarize([], {"0.25": 0.8, "0.5": 0.7}, 0.3, ["baseline"])
 
 
+def test_wall_time_counts_side_by_side_cells_once():
+    def cell(method, seed, start, end, noise=0.5, pseudo=True):
+        return {"method": method, "noise": noise, "seed": seed, "uses_pseudo_labels": pseudo,
+                "started_at": start, "finished_at": end, "wall_time_s": end - start}
+    runs = [cell("baseline", 0, 100.0, 160.0), cell("baseline", 1, 100.5, 170.0),  # one stage
+            cell("baseline", 0, 180.0, 200.0, noise=0.25),
+            cell("dupl", 0, 300.0, 390.0, noise=0.5, pseudo=False),
+            cell("dupl", 1, 300.0, 400.0, noise=0.5, pseudo=False),
+            {"method": "cdl_b", "noise": 0.5, "seed": 0, "wall_time_s": 30.0},  # no timestamps
+            {"method": "cdl_b", "noise": 0.5, "seed": 1, "wall_time_s": 40.0}]
+    times = benchmark_wall_time(runs)
+    assert times == {"cells": 7, "cells_sum": 60.0 + 69.5 + 20.0 + 90.0 + 100.0 + 30.0 + 40.0,
+                     "stages": 70.0 + 20.0 + 100.0 + 30.0 + 40.0}
+
+
 def test_cell_names_match_the_dvc_matrix_outputs():
     # robustness/dvc.yaml names files with DVC's rendering of the YAML floats
     assert level_key(0.5) == "0.5" and level_key(1) == "1.0"
     assert cell_name("cdl_b", 0.25, 2) == "cdl_b-noise0.25-seed2"
     assert cell_name("dupl", 0.25, 2) == "dupl-seed2"
+    # one stage (and results folder) per method and level; DuPL's has no level
+    assert cell_result_path("cdl_b", 0.25, 2).as_posix() == "metrics/robustness/runs/cdl_b-noise0.25/seed2.json"
+    assert cell_result_path("dupl", 0.25, 1).as_posix() == "metrics/robustness/runs/dupl/seed1.json"
 
 
 @pytest.mark.slow
@@ -71,8 +90,8 @@ def test_tiny_benchmark_end_to_end(tmp_path):
     out = dvc(repo, "repro", "robustness/dvc.yaml")
     stages = ran(out)
     assert {"prepare_data", "robustness/dvc.yaml:pseudo_labels@0.5", "robustness/dvc.yaml:report",
-            "robustness/dvc.yaml:run@baseline-0.5-0", "robustness/dvc.yaml:run@cdl_b-0.5-0",
-            "robustness/dvc.yaml:run@cdl_e-0.5-0", "robustness/dvc.yaml:run_image_labels@dupl-0"} <= stages
+            "robustness/dvc.yaml:run@baseline-0.5", "robustness/dvc.yaml:run@cdl_b-0.5",
+            "robustness/dvc.yaml:run@cdl_e-0.5", "robustness/dvc.yaml:run_image_labels@dupl"} <= stages
     assert "train" not in stages  # the benchmark does not touch the demo pipeline's outputs
 
     summary = json.loads((repo / "metrics/benchmark.json").read_text())
@@ -88,10 +107,15 @@ def test_tiny_benchmark_end_to_end(tmp_path):
     assert (repo / "metrics/plots/benchmark_miou_vs_noise.png").read_bytes()[:4] == b"\x89PNG"
     assert not any((repo / "data/robustness/work").iterdir())  # finished cells leave no workspace
 
-    # a larger grid runs only the new cells
+    # a second seed reruns the stages of the remaining methods, its two seeds side by side
     params["benchmark"]["seeds"] = [0, 1]
     params["benchmark"]["pseudo_label_methods"] = ["baseline"]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     again = ran(dvc(repo, "repro", "robustness/dvc.yaml"))
-    assert again == {"robustness/dvc.yaml:run@baseline-0.5-1",
-                     "robustness/dvc.yaml:run_image_labels@dupl-1", "robustness/dvc.yaml:report"}
+    assert again == {"robustness/dvc.yaml:run@baseline-0.5",
+                     "robustness/dvc.yaml:run_image_labels@dupl", "robustness/dvc.yaml:report"}
+    summary = json.loads((repo / "metrics/benchmark.json").read_text())
+    assert summary["levels"]["0.5"]["baseline"]["seed_list"] == [0, 1]
+    assert "cdl_b" not in summary["levels"]["0.5"]
+    times = summary["wall_time_s"]
+    assert times["cells"] == 4 and 0 < times["stages"] <= times["cells_sum"]

@@ -146,6 +146,19 @@ def test_killed_run_resumes_from_checkpoint(repo):
     assert steps[-1] == 40
 
 
+def test_rerun_of_a_finished_run_reports_the_whole_run(repo):
+    # `dvc repro -f` on a finished run resumes at its last iteration: nothing left to train, but
+    # the summary must still carry the run's training time and last losses, not 0 s and {}
+    torchrun(repo, 1)
+    first = json.loads((repo / "metrics/train.json").read_text())
+    out = torchrun(repo, 1)
+    assert "resuming from" in out
+    again = json.loads((repo / "metrics/train.json").read_text())
+    assert again["resumed_from_iteration"] == again["iterations"]
+    assert again["wall_time_s"] >= first["wall_time_s"] > 0
+    assert again["final_losses"] == first["final_losses"] and first["final_losses"]["loss"] > 0
+
+
 def test_changed_configuration_does_not_resume(repo):
     torchrun(repo, 1)
     params = yaml.safe_load((repo / "params.yaml").read_text())

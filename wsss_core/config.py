@@ -210,6 +210,8 @@ class BenchmarkParams:
     image_label_methods: list[str] = field(default_factory=lambda: ["dupl"])
     noise_levels: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    # cells trained at once within one stage (its seeds); the CPU cores are shared out among them
+    jobs: int = 3
 
     @property
     def methods(self) -> list[str]:
@@ -225,6 +227,8 @@ class BenchmarkParams:
             values = getattr(self, key)
             _check(len(values) >= 1 and len(set(values)) == len(values), f"{where}.{key}",
                    "must list at least one value, without repeats")
+        _check(isinstance(self.jobs, int) and self.jobs >= 1, f"{where}.jobs",
+               "must be a whole number >= 1")
         _check(len(set(self.image_label_methods)) == len(self.image_label_methods),
                f"{where}.image_label_methods", "must not repeat a method")
         _check(all(0.0 <= n <= 1.0 for n in self.noise_levels), f"{where}.noise_levels",

@@ -51,8 +51,11 @@ def distributed(device: str = "auto") -> Iterator[Context]:
     else:
         owns_group = False
     if target.type == "cpu":
-        # ranks share the machine's cores: oversubscribed BLAS threads slow everyone down
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get(
+        # ranks share the machine's cores: oversubscribed BLAS threads slow everyone down.
+        # WSSS_CPU_THREADS is the budget a parent gave this process (benchmark cells run side by
+        # side); otherwise the cores are split among the ranks on this machine.
+        budget = int(os.environ.get("WSSS_CPU_THREADS") or 0)
+        torch.set_num_threads(budget or max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get(
             "LOCAL_WORLD_SIZE", world_size)))))
     try:
         yield Context(rank=rank, world_size=world_size, local_rank=local_rank, device=target)

@@ -9,8 +9,11 @@ robustness/dvc.yaml`) whose matrix stages call the functions here:
   functions the main stages call) for one configuration in a scratch workspace
   `data/robustness/work/<cell>/` that holds a params.yaml derived from the repository's (method,
   seed and noise replaced, one process) and links to the prepared data and that level's pseudo
-  labels. Only the cell's scores are kept (`metrics/robustness/runs/<cell>.json`); an interrupted
-  cell resumes from the checkpoints left in its workspace.
+  labels. Only the cell's scores are kept (`metrics/robustness/runs/<group>/seed<k>.json`); an
+  interrupted cell resumes from the checkpoints left in its workspace.
+* `run_cells(method, noise)` is one DVC stage: the cells of every benchmark seed, `benchmark.jobs`
+  of them side by side in worker processes that share the cores out (small CPU models scale
+  poorly with threads, so parallel 1-thread cells finish sooner than 2-thread cells in turn).
 * `write_report()` gathers every cell into `metrics/benchmark.json` (mean and spread over
   seeds, per noise level, next to the pseudo labels' own mIoU), `metrics/benchmark.csv` for
   `dvc plots` and the PNG plot of mIoU against noise.
@@ -22,9 +25,11 @@ from __future__ import annotations
 
 import contextlib
 import math
+import multiprocessing
 import os
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
@@ -57,6 +62,15 @@ def cell_name(method: str, noise: float | None, seed: int) -> str:
     if not uses_pseudo_labels(method):
         return f"{method}-seed{seed}"
     return f"{method}-noise{level_key(noise)}-seed{seed}"
+
+
+def group_name(method: str, noise: float | None) -> str:
+    """The stage (and results folder) of a method at a noise level; one cell per seed inside."""
+    return method if not uses_pseudo_labels(method) else f"{method}-noise{level_key(noise)}"
+
+
+def cell_result_path(method: str, noise: float | None, seed: int) -> Path:
+    return RESULTS_DIR / "runs" / group_name(method, noise) / f"seed{seed}.json"
 
 
 def _benchmark_params() -> Params:
@@ -105,7 +119,7 @@ def _link(link: Path, target: Path) -> None:
 
 def _cell_params(method: str, noise: float, seed: int) -> dict:
     """params.yaml of a cell: the repository's, with the cell's method, seed and noise, one
-    process (cells run one after another on the whole machine) and no CRF overlays."""
+    process (side-by-side cells already fill the cores) and no CRF overlays."""
     raw = yaml.safe_load(Path(PARAMS_FILE).read_text(encoding="utf-8")) or {}
     raw["method"], raw["seed"] = method, int(seed)
     raw.setdefault("data", {})["noise"] = float(noise)
@@ -157,13 +171,58 @@ def run_cell(method: str, noise: float | None, seed: int) -> dict:
         "iterations": summary["iterations"], "effective_batch": summary["effective_batch"],
         "train_wall_time_s": summary["wall_time_s"],
         "wall_time_s": round(time.time() - started, 1),
+        "started_at": round(started, 1), "finished_at": round(time.time(), 1),
     }
     for key in ("predictor", "predictors_miou", "cam_miou"):  # DuPL's two students
         if key in scores:
             result[key] = scores[key]
-    write_json(root / RESULTS_DIR / "runs" / f"{name}.json", result)
+    write_json(root / cell_result_path(method, noise, seed), result)
     shutil.rmtree(work)  # kept only while the cell is unfinished (its checkpoints resume it)
     return result
+
+
+def _share_cores(threads: int) -> None:
+    """Worker initialiser: this cell's thread budget (read again by `distributed()`), no bars."""
+    import torch
+
+    os.environ["WSSS_CPU_THREADS"] = str(threads)
+    os.environ["WSSS_NO_PROGRESS"] = "1"  # interleaved bars of side-by-side cells are unreadable
+    torch.set_num_threads(threads)
+
+
+def _run_cell_in_worker(method: str, noise: float | None, seed: int) -> dict:
+    try:
+        return run_cell(method, noise, seed)
+    finally:
+        # the CRF's joblib workers idle for minutes before they exit, and a worker process
+        # waits for its children when it exits: stop them now
+        from joblib.externals.loky import get_reusable_executor
+
+        get_reusable_executor().shutdown(wait=True)
+
+
+def run_cells(method: str, noise: float | None) -> list[dict]:
+    """Every benchmark seed of `method` at `noise`, `benchmark.jobs` cells at a time. Each cell
+    writes its result when it finishes, so a failing seed does not lose the others' (their
+    workspaces are gone, a rerun repeats them); the first failure is raised once all are done."""
+    grid = _benchmark_params().benchmark
+    seeds = list(grid.seeds)
+    jobs = min(grid.jobs, len(seeds))
+    if jobs == 1:
+        return [run_cell(method, noise, seed) for seed in seeds]
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    results, failures = [], []
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_share_cores, initargs=(threads,)) as pool:
+        futures = [pool.submit(_run_cell_in_worker, method, noise, seed) for seed in seeds]
+        for future in futures:
+            try:
+                results.append(future.result())
+            except Exception as exc:  # noqa: BLE001 - re-raised below, after the other seeds
+                failures.append(exc)
+    if failures:
+        raise failures[0]
+    return results
 
 
 # --------------------------------------------------------------------------- the report
@@ -200,6 +259,22 @@ def summarize(runs: list[dict], pseudo_miou: dict[str, float], default_noise: fl
                              "uses_pseudo_labels": uses_pseudo_labels(method)}
         levels[key] = entry
     return {"default_noise": default, "levels": levels}
+
+
+def benchmark_wall_time(runs: list[dict]) -> dict:
+    """Seconds spent in the cells: their sum, and the stages' wall time (side-by-side cells of
+    one stage overlap, so a stage lasts from its first cell's start to its last cell's end)."""
+    spans: dict[tuple, list[float]] = {}
+    for r in runs:
+        key = (r["method"], level_key(r["noise"]) if r.get("uses_pseudo_labels", True) else None)
+        start, end = r.get("started_at"), r.get("finished_at")
+        if start is None or end is None:  # results written before cells ran side by side
+            start, end = 0.0, r["wall_time_s"]
+            key = key + (r["seed"],)
+        span = spans.setdefault(key, [start, end])
+        span[0], span[1] = min(span[0], start), max(span[1], end)
+    return {"cells": len(runs), "cells_sum": round(sum(r["wall_time_s"] for r in runs), 1),
+            "stages": round(sum(end - start for start, end in spans.values()), 1)}
 
 
 def benchmark_csv(summary: dict, methods: list[str]) -> str:
@@ -259,10 +334,9 @@ def write_report() -> dict:
         levels = [None] if not uses_pseudo_labels(method) else grid.noise_levels
         for noise in levels:
             for seed in grid.seeds:
-                runs.append(read_json(RESULTS_DIR / "runs" / f"{cell_name(method, noise, seed)}.json"))
+                runs.append(read_json(cell_result_path(method, noise, seed)))
     summary = summarize(runs, pseudo, params.data.noise, methods)
-    summary["wall_time_s"] = {"total": round(sum(r["wall_time_s"] for r in runs), 1),
-                              "cells": len(runs)}
+    summary["wall_time_s"] = benchmark_wall_time(runs)
     write_json(BENCHMARK_JSON, summary)
     write_text(BENCHMARK_CSV, benchmark_csv(summary, methods))
     plot_benchmark(summary, methods, BENCHMARK_PLOT)

@@ -110,11 +110,15 @@ def train(method: TrainingMethod, dataset, ctx: Context, config: dict, out_dir: 
                     stale.unlink()
     resume_from = broadcast_object(resume_from)
     start, epoch = 0, 0
+    earlier_time, last_terms = 0.0, {}
     if resume_from is not None:
         state = torch.load(resume_from, map_location=ctx.device, weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start, epoch = state["iteration"], state["epoch"] + 1
+        # the run's training time and last logged losses carry over, so a resumed (or an
+        # already finished) run reports the whole run, not just the iterations left
+        earlier_time, last_terms = state.get("train_time_s", 0.0), state.get("last_terms", {})
         if ctx.is_main:
             print(f"resuming from {resume_from} (iteration {start})", flush=True)
 
@@ -145,7 +149,6 @@ def train(method: TrainingMethod, dataset, ctx: Context, config: dict, out_dir: 
     started = time.time()
     sums: dict[str, float] = {}
     count = 0
-    last_terms: dict[str, float] = {}
     model.train()  # MSC.train() keeps BatchNorm frozen where the preset says so
     for iteration in progress(range(start + 1, iterations + 1), f"train {method.name}",
                               total=iterations - start):
@@ -189,13 +192,15 @@ def train(method: TrainingMethod, dataset, ctx: Context, config: dict, out_dir: 
                 path = ckpt_dir / f"checkpoint_{iteration}.pth"
                 _save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                        "iteration": iteration, "epoch": epoch, "fingerprint": run_id,
+                       "train_time_s": earlier_time + time.time() - started,
+                       "last_terms": last_terms,
                        "config": json.loads(json.dumps(config, default=str))}, path)
                 for old in ckpt_dir.glob(CHECKPOINT_GLOB):
                     if old != path:
                         old.unlink()
             barrier()
 
-    wall_time = time.time() - started
+    wall_time = earlier_time + time.time() - started
     summary = {
         "method": method.name,
         "iterations": iterations,
