@@ -13,8 +13,17 @@ import pytest
 from wsss_core.io import write_id_list, write_image, write_label
 
 REPO = Path(__file__).resolve().parents[1]
-# the project's shared reference material (fixtures from the original code) sits beside the repo
+# The numeric reference fixtures computed by running the original CDL and DuPL code live in the
+# project's shared material beside the repository; tests/fixtures/ holds a copy so that a clone
+# on its own runs every test (test_fixture_copies_match_the_shared_ones keeps the two identical).
 SHARED = Path(os.environ.get("WSSS_SHARED", REPO.parent / "shared"))
+VENDORED_FIXTURES = REPO / "tests" / "fixtures"
+
+
+def fixtures_dir(method: str) -> Path:
+    """The reference fixtures of `method` ("cdl" | "dupl"): the shared set if present, else the copy."""
+    shared = SHARED / "fixtures" / method
+    return shared if shared.is_dir() else VENDORED_FIXTURES / method
 PYTHON = sys.executable
 
 os.environ.setdefault("WSSS_NO_PROGRESS", "1")

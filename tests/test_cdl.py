@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import SHARED
+from tests.conftest import fixtures_dir
 from wsss_core.errors import WsssError
 from wsss_core.methods.baseline import (BaselineConfig, BaselineMethod, balanced_cross_entropy,
                                         cross_entropy_ignore, imagenet_ramp, resize_labels)
@@ -21,8 +21,7 @@ from wsss_core.models.deeplab_v2 import MscOutputs, affinity_cosine, affinity_do
 from wsss_core.schedules import set_lr_factor, stepped_poly_factor
 
 # WSSS_CDL_FIXTURES points the tests at another fixture set with the same layout (held-out set)
-FIXTURES = Path(os.environ.get("WSSS_CDL_FIXTURES", SHARED / "fixtures" / "cdl"))
-needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason="CDL fixtures not available")
+FIXTURES = Path(os.environ.get("WSSS_CDL_FIXTURES", fixtures_dir("cdl")))
 
 
 def load(name: str) -> dict[str, np.ndarray]:
@@ -44,7 +43,6 @@ def close(value: torch.Tensor | float, expected: float, rel: float = 1e-5) -> bo
 
 
 # --------------------------------------------------------------------------- fixtures
-@needs_fixtures
 @pytest.mark.parametrize("variant", ["b", "e"])
 def test_update_labels_fixture(variant):
     data = load(f"update_labels_{variant}.npz")
@@ -60,7 +58,6 @@ def test_update_labels_fixture(variant):
         assert np.array_equal(labels.numpy(), get("y")), "input labels must not be modified"
 
 
-@needs_fixtures
 def test_dice_loss_fixture():
     data = load("dice_loss.npz")
     for case in cases(data):
@@ -69,7 +66,6 @@ def test_dice_loss_fixture():
     assert float(dice_loss(t(data["all255__logits"]), t(data["all255__target"]))) == 1.0
 
 
-@needs_fixtures
 @pytest.mark.parametrize("name, function", [("balanced_ce.npz", balanced_cross_entropy),
                                             ("ce_ignore.npz", cross_entropy_ignore)])
 def test_cross_entropy_fixtures(name, function):
@@ -86,7 +82,6 @@ def test_cross_entropy_fixtures(name, function):
             assert close(unguarded, expected) and close(guarded, expected), case
 
 
-@needs_fixtures
 @pytest.mark.parametrize("variant", ["b", "e"])
 def test_affinity_loss_fixture(variant):
     data = load(f"affinity_loss_{variant}.npz")
@@ -101,7 +96,6 @@ def test_affinity_loss_fixture(variant):
     assert CdlMethod(f"cdl_{variant}").negative_weight == float(data["main__neg_weight"])
 
 
-@needs_fixtures
 def test_affinity_loss_e_uses_mean_of_weak_and_strong_maps():
     data = load("affinity_loss_e.npz")
     weak = affinity_dot(t(data["main__f_weak"]))
@@ -110,7 +104,6 @@ def test_affinity_loss_e_uses_mean_of_weak_and_strong_maps():
     assert np.allclose((0.5 * weak + 0.5 * strong).numpy(), data["main__A"], rtol=1e-6)
 
 
-@needs_fixtures
 @pytest.mark.parametrize("variant, function", [("b", affinity_cosine), ("e", affinity_dot)])
 def test_affinity_map_fixture(variant, function):
     data = load(f"affinity_map_{variant}.npz")
@@ -121,7 +114,6 @@ def test_affinity_map_fixture(variant, function):
         assert torch.all(A[0, 0] == 0.5) and torch.all(A[0, :, 0] == 0.5)
 
 
-@needs_fixtures
 def test_resize_labels_fixture():
     data = load("resize_labels.npz")
     labels = t(data["square__labels"])
@@ -136,7 +128,6 @@ def test_resize_labels_fixture():
     assert np.array_equal(out.numpy(), data["nonsquare__out"])
 
 
-@needs_fixtures
 @pytest.mark.parametrize("prefix", ["", "extra__"])
 def test_poly_lr_fixture(prefix):
     data = load("poly_lr.npz")

@@ -9,14 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import SHARED
+from tests.conftest import fixtures_dir
 from wsss_core.errors import ConfigError, DataError, WsssError
 from wsss_core.models import (MODEL_BUILDERS, build_model, freeze_batchnorm, load_checkpoint,
                               load_init_weights)
 from wsss_core.models.deeplab_v2 import MSC, MscOutputs, ScaleOutputs
 from wsss_core.models.resnet import feature_size
 
-FIXTURES = Path(os.environ.get("WSSS_CDL_FIXTURES", SHARED / "fixtures" / "cdl"))
+FIXTURES = Path(os.environ.get("WSSS_CDL_FIXTURES", fixtures_dir("cdl")))
 TINY = dict(blocks=[1, 1, 1, 1], width=8)
 
 
@@ -303,7 +303,6 @@ class _StubBase(nn.Module):
         return self._get("logits_3rd" if self.variant == "e" else "logits", images)
 
 
-@pytest.mark.skipif(not FIXTURES.is_dir(), reason="CDL fixtures not available")
 @pytest.mark.parametrize("variant", ["b", "e"])
 def test_msc_fusion_fixture(variant):
     with np.load(FIXTURES / f"msc_{variant}.npz") as npz:

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import SHARED
+from tests.conftest import fixtures_dir
 from wsss_core.methods.dupl import (DuplConfig, balanced_seg_loss, cam_to_train_label,
                                     cam_to_val_label, consistency_loss, consistency_target,
                                     cosine_descent, discrepancy_loss, filter_noisy_labels,
@@ -16,7 +16,7 @@ from wsss_core.methods.dupl import (DuplConfig, balanced_seg_loss, cam_to_train_
                                     scale_box)
 from wsss_core.schedules import warmup_poly_factor
 
-FIXTURES = SHARED / "fixtures" / "dupl"
+FIXTURES = fixtures_dir("dupl")
 
 
 def fixture(name):
