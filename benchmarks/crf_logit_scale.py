@@ -1,0 +1,45 @@
+"""Does the scale of the stored logits matter to the CRF? Refine the current run's val logits
+(`dvc repro` first) multiplied by each factor and print the mIoU with and without CRF.
+
+    python benchmarks/crf_logit_scale.py 1 2 0.5
+
+CDL divides its test logits by 2 (as the original does) and the baseline does not; factor 2 on a
+CDL run undoes that division, factor 0.5 on a baseline run applies it. The unary of the CRF is
+the softmax of the logits, so the factor is a temperature: the no-CRF mIoU stays the same.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from wsss_core.config import load_params  # noqa: E402
+from wsss_core.crf import crf_settings, refine_split  # noqa: E402
+from wsss_core.data.datasets import logits_dir, resolve_split  # noqa: E402
+from wsss_core.io import read_logits, write_logits  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("factors", nargs="+", type=float)
+    args = parser.parse_args()
+    params = load_params()
+    split = resolve_split(params, "val")
+    settings = crf_settings(params.crf, params.method)
+    source = logits_dir(params, "val")
+    for factor in args.factors:
+        with tempfile.TemporaryDirectory() as tmp:
+            scaled = Path(tmp) / "logits"
+            for path in sorted(source.glob("*.npy")):
+                write_logits(scaled / path.name, read_logits(path) * factor)
+            result = refine_split(split, scaled, Path(tmp) / "pred", params.num_classes, settings,
+                                  ids=split.ids, n_jobs=params.crf.n_jobs, resume=False)
+        print(f"{params.method} logits x {factor:g}: mIoU {result.crf.scores()['miou']:.4f} with CRF, "
+              f"{result.no_crf.scores()['miou']:.4f} without", flush=True)
+
+
+if __name__ == "__main__":
+    main()
