@@ -197,7 +197,7 @@ class _ToyMethod:
 
     def training_loss(self, model, batch, iteration):
         loss = 1000.0 * model(batch["x"]).mean()
-        return loss, {"loss": float(loss)}
+        return loss, {"loss": float(loss.detach())}
 
     def predictors(self):
         return {}
