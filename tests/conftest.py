@@ -24,6 +24,8 @@ def fixtures_dir(method: str) -> Path:
     """The reference fixtures of `method` ("cdl" | "dupl"): the shared set if present, else the copy."""
     shared = SHARED / "fixtures" / method
     return shared if shared.is_dir() else VENDORED_FIXTURES / method
+
+
 PYTHON = sys.executable
 
 os.environ.setdefault("WSSS_NO_PROGRESS", "1")

@@ -164,14 +164,15 @@ def run_cell(method: str, noise: float | None, seed: int) -> dict:
         summary = run_training(cell)
         scores = run_inference(cell)
         crf = run_crf(cell)
+    finished = time.time()
     result = {
         "method": method, "noise": float(noise), "seed": int(seed),
         "uses_pseudo_labels": uses_pseudo_labels(method),
         "miou": scores["miou"], "miou_crf": crf["miou"],
         "iterations": summary["iterations"], "effective_batch": summary["effective_batch"],
         "train_wall_time_s": summary["wall_time_s"],
-        "wall_time_s": round(time.time() - started, 1),
-        "started_at": round(started, 1), "finished_at": round(time.time(), 1),
+        "wall_time_s": round(finished - started, 1),
+        "started_at": round(started, 1), "finished_at": round(finished, 1),
     }
     for key in ("predictor", "predictors_miou", "cam_miou"):  # DuPL's two students
         if key in scores:
@@ -266,7 +267,7 @@ def benchmark_wall_time(runs: list[dict]) -> dict:
     one stage overlap, so a stage lasts from its first cell's start to its last cell's end)."""
     spans: dict[tuple, list[float]] = {}
     for r in runs:
-        key = (r["method"], level_key(r["noise"]) if r.get("uses_pseudo_labels", True) else None)
+        key = (group_name(r["method"], r["noise"]),)
         start, end = r.get("started_at"), r.get("finished_at")
         if start is None or end is None:  # results written before cells ran side by side
             start, end = 0.0, r["wall_time_s"]
