@@ -12,23 +12,20 @@ pseudo labels and of the GT come from two datasets with the same seed, so they a
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from wsss_core.config import load_params  # noqa: E402
-from wsss_core.data.datasets import pseudo_label_dir, resolve_split  # noqa: E402
-from wsss_core.data.train_set import TrainSet  # noqa: E402
-from wsss_core.methods import create_method  # noqa: E402
-from wsss_core.methods.baseline import resize_labels  # noqa: E402
-from wsss_core.methods.cdl import update_labels  # noqa: E402
-from wsss_core.metrics import ConfusionMatrix  # noqa: E402
-from wsss_core.presets import effective_train_config  # noqa: E402
-from wsss_core.schedules import set_lr_factor  # noqa: E402
+from wsss_core.config import load_params
+from wsss_core.data.datasets import pseudo_label_dir, resolve_split
+from wsss_core.data.train_set import TrainSet
+from wsss_core.methods import create_method
+from wsss_core.methods.baseline import resize_labels
+from wsss_core.methods.cdl import update_labels
+from wsss_core.metrics import ConfusionMatrix
+from wsss_core.presets import effective_train_config
+from wsss_core.schedules import set_lr_factor
 
 
 def main() -> None:

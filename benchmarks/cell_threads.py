@@ -11,11 +11,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _tensors(value):

@@ -10,16 +10,13 @@ the softmax of the logits, so the factor is a temperature: the no-CRF mIoU stays
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from wsss_core.config import load_params  # noqa: E402
-from wsss_core.crf import crf_settings, refine_split  # noqa: E402
-from wsss_core.data.datasets import logits_dir, resolve_split  # noqa: E402
-from wsss_core.io import read_logits, write_logits  # noqa: E402
+from wsss_core.config import load_params
+from wsss_core.crf import crf_settings, refine_split
+from wsss_core.data.datasets import logits_dir, resolve_split
+from wsss_core.io import read_logits, write_logits
 
 
 def main() -> None:

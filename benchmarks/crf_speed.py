@@ -28,16 +28,13 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from wsss_core.config import SyntheticData  # noqa: E402
-from wsss_core.crf import CRF_PRESETS, dense_crf, refine_split, upsampled_softmax  # noqa: E402
-from wsss_core.data.datasets import voc_layout_split  # noqa: E402
-from wsss_core.data.synthetic import render_sample  # noqa: E402
-from wsss_core.io import (read_image, write_id_list, write_image, write_label,  # noqa: E402
-                          write_logits)
+from wsss_core.config import SyntheticData
+from wsss_core.crf import CRF_PRESETS, dense_crf, refine_split, upsampled_softmax
+from wsss_core.data.datasets import voc_layout_split
+from wsss_core.data.synthetic import render_sample
+from wsss_core.io import read_image, write_id_list, write_image, write_label, write_logits
 
 NUM_CLASSES = 21
 SETTINGS = CRF_PRESETS["deeplab"]

@@ -12,13 +12,9 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from wsss_core.methods.baseline import BaselineMethod
 from wsss_core.methods.cdl import CdlMethod

@@ -17,16 +17,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from wsss_core.methods.dupl import DuplConfig, filter_noisy_labels  # noqa: E402
+from wsss_core.methods.dupl import DuplConfig, filter_noisy_labels
 
 IGNORE = 255
 

@@ -11,15 +11,12 @@ original CDL code stored the same grid as float32, DuPL full-resolution float32 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from wsss_core.io import write_logits  # noqa: E402
+from wsss_core.io import write_logits
 
 
 def deeplab_grid(side: int) -> int:

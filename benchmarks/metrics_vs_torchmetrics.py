@@ -14,13 +14,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from wsss_core.metrics import ConfusionMatrix  # noqa: E402
+from wsss_core.metrics import ConfusionMatrix
 
 NUM_CLASSES = 21
 USED_CLASSES = 18  # classes 18..20 never occur, to show how each side reports an absent class

@@ -5,14 +5,11 @@ writes `<file_name stem>.png` for every image (class ids 1..80 in sorted categor
 crowd = 255), keeps existing valid masks, and optionally writes the split's id list.
 """
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from wsss_core.cli import run_stage  # noqa: E402
-from wsss_core.data.coco import CROWD_POLICIES, coco_image_ids, convert_coco  # noqa: E402
-from wsss_core.io import write_id_list  # noqa: E402
+from wsss_core.cli import run_stage
+from wsss_core.data.coco import CROWD_POLICIES, coco_image_ids, convert_coco
+from wsss_core.io import write_id_list
 
 
 def main() -> None:

@@ -6,14 +6,11 @@ no-CRF mIoU) to metrics/scores_crf.json + metrics/scores_crf_per_class.csv, and 
 image | GT | no CRF | CRF panels to metrics/plots/overlays/. Rerunning after an interruption
 reuses the predictions already written.
 """
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from wsss_core.cli import run_stage  # noqa: E402
-from wsss_core.config import load_params  # noqa: E402
-from wsss_core.pipeline import run_crf  # noqa: E402
+from wsss_core.cli import run_stage
+from wsss_core.config import load_params
+from wsss_core.pipeline import run_crf
 
 if __name__ == "__main__":
     run_stage(lambda: run_crf(load_params()))

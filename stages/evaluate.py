@@ -4,14 +4,10 @@
 → metrics/pseudo_labels.json (+ a per-class CSV for `dvc plots`).
 """
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from wsss_core.cli import run_stage  # noqa: E402
-from wsss_core.config import load_params  # noqa: E402
-from wsss_core.pipeline import score_pseudo_labels  # noqa: E402
+from wsss_core.cli import run_stage
+from wsss_core.config import load_params
+from wsss_core.pipeline import score_pseudo_labels
 
 
 def main() -> None:

@@ -6,16 +6,13 @@ writes `results/VOC2012/Segmentation/comp6_test_cls/<id>.png` (palette PNGs of c
 (params `crf`, as the val stage) is applied unless `--no-crf`.
 """
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from wsss_core.cli import run_stage  # noqa: E402
-from wsss_core.config import load_params  # noqa: E402
-from wsss_core.crf import crf_settings, export_voc_test  # noqa: E402
-from wsss_core.data.datasets import logits_dir, resolve_split  # noqa: E402
-from wsss_core.errors import ConfigError  # noqa: E402
+from wsss_core.cli import run_stage
+from wsss_core.config import load_params
+from wsss_core.crf import crf_settings, export_voc_test
+from wsss_core.data.datasets import logits_dir, resolve_split
+from wsss_core.errors import ConfigError
 
 
 def main() -> None:

@@ -6,14 +6,10 @@ go on to the CRF stage). `--split test` (outside the DAG, for the VOC test serve
 data/logits/<method>/test/ with the model and predictor chosen on val.
 """
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from wsss_core.cli import run_stage  # noqa: E402
-from wsss_core.config import load_params  # noqa: E402
-from wsss_core.pipeline import run_inference  # noqa: E402
+from wsss_core.cli import run_stage
+from wsss_core.config import load_params
+from wsss_core.pipeline import run_inference
 
 
 def main() -> None:

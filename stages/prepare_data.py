@@ -2,14 +2,11 @@
 
 Reads params `dataset`, `data.synthetic|voc12|coco14`; writes data/prepared/<dataset>/.
 """
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from wsss_core.cli import run_stage  # noqa: E402
-from wsss_core.config import load_params  # noqa: E402
-from wsss_core.data.prepare import prepare_dataset  # noqa: E402
+from wsss_core.cli import run_stage
+from wsss_core.config import load_params
+from wsss_core.data.prepare import prepare_dataset
 
 
 def main() -> None:

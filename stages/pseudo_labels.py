@@ -4,14 +4,11 @@
 with `data.noise`; any other source is a folder or archive of `<id>.png` that is validated and
 copied. The output folder is a DVC output: `dvc push` stores it, `dvc pull` restores it.
 """
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from wsss_core.cli import run_stage  # noqa: E402
-from wsss_core.config import load_params  # noqa: E402
-from wsss_core.pipeline import publish_pseudo_labels  # noqa: E402
+from wsss_core.cli import run_stage
+from wsss_core.config import load_params
+from wsss_core.pipeline import publish_pseudo_labels
 
 if __name__ == "__main__":
     run_stage(lambda: publish_pseudo_labels(load_params()))

@@ -7,13 +7,9 @@
     python stages/robustness.py report                           # benchmark.json, .csv, plot
 """
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from wsss_core import robustness  # noqa: E402
-from wsss_core.cli import run_stage  # noqa: E402
+from wsss_core import robustness
+from wsss_core.cli import run_stage
 
 
 def main() -> None:

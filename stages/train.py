@@ -4,14 +4,11 @@ Reads params `method`, `dataset`, `seed`, `train` (+ the preset it names); write
 models/<method>/model.pth, models/<method>/checkpoints/ (kept for resuming), DVCLive curves in
 metrics/train/ and metrics/train.json (effective batch, world size, wall time, final losses).
 """
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from wsss_core.cli import run_stage  # noqa: E402
-from wsss_core.config import load_params  # noqa: E402
-from wsss_core.pipeline import run_training  # noqa: E402
+from wsss_core.cli import run_stage
+from wsss_core.config import load_params
+from wsss_core.pipeline import run_training
 
 if __name__ == "__main__":
     run_stage(lambda: run_training(load_params()))

@@ -31,10 +31,6 @@ PYTHON = sys.executable
 os.environ.setdefault("WSSS_NO_PROGRESS", "1")
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: end-to-end tests that take more than a few seconds")
-
-
 def make_voc_dataset(root: Path, splits: dict[str, list[str]], size=(20, 24), num_classes=21,
                      seed=0) -> dict[str, np.ndarray]:
     """A tiny dataset in VOC layout under `root`; returns the GT arrays by id."""

@@ -21,15 +21,13 @@ counts (0.75 % on this 4×4 token grid), which AdamW's sign-like first step turn
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, DistributedSampler
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch.utils.data import Dataset, DistributedSampler  # noqa: E402
-
-from wsss_core.distributed import distributed  # noqa: E402
-from wsss_core.methods.dupl import DuplMethod  # noqa: E402
-from wsss_core.train import train  # noqa: E402
+from wsss_core.distributed import distributed
+from wsss_core.methods.dupl import DuplMethod
+from wsss_core.train import train
 
 NUM_CLASSES, SIZE, SEED, BATCH, STEPS = 21, 32, 0, 4, 2
 CONFIG = {

@@ -10,12 +10,17 @@ import pytest
 import torch
 
 from tests.conftest import fixtures_dir
-from wsss_core.errors import WsssError
-from wsss_core.methods.baseline import (BaselineConfig, BaselineMethod, balanced_cross_entropy,
-                                        cross_entropy_ignore, imagenet_ramp, resize_labels)
 from wsss_core.data.transforms import cdl_strong_view
-from wsss_core.methods.cdl import (CdlConfig, CdlMethod, affinity_loss, dice_loss,
-                                   update_labels)
+from wsss_core.errors import WsssError
+from wsss_core.methods.baseline import (
+    BaselineConfig,
+    BaselineMethod,
+    balanced_cross_entropy,
+    cross_entropy_ignore,
+    imagenet_ramp,
+    resize_labels,
+)
+from wsss_core.methods.cdl import CdlConfig, CdlMethod, affinity_loss, dice_loss, update_labels
 from wsss_core.models import build_model
 from wsss_core.models.deeplab_v2 import MscOutputs, affinity_cosine, affinity_dot
 from wsss_core.schedules import set_lr_factor, stepped_poly_factor
@@ -47,7 +52,7 @@ def close(value: torch.Tensor | float, expected: float, rel: float = 1e-5) -> bo
 def test_update_labels_fixture(variant):
     data = load(f"update_labels_{variant}.npz")
     for case in cases(data):
-        get = lambda name: data[f"{case}__{name}"]  # noqa: E731
+        get = lambda name, case=case: data[f"{case}__{name}"]  # noqa: E731
         labels = t(get("y").copy())
         corrected, credible = update_labels(
             t(get("z1")), t(get("z2")), t(get("A")), labels,

@@ -11,12 +11,21 @@ from PIL import Image
 
 from tests.conftest import copy_repo, make_voc_dataset, run_script
 from wsss_core.config import CrfParams, params_from_dict
-from wsss_core.crf import (CRF_PRESETS, CrfSettings, check_logits_grid, crf_settings, dense_crf,
-                           export_voc_test, refine_split, upsampled_softmax,
-                           wrapped_mean_subtracted, write_overlays)
+from wsss_core.crf import (
+    CRF_PRESETS,
+    CrfSettings,
+    check_logits_grid,
+    crf_settings,
+    dense_crf,
+    export_voc_test,
+    refine_split,
+    upsampled_softmax,
+    wrapped_mean_subtracted,
+    write_overlays,
+)
 from wsss_core.data.datasets import voc_layout_split
-from wsss_core.evaluate import upsample_bilinear
 from wsss_core.errors import ConfigError, DataError
+from wsss_core.evaluate import upsample_bilinear
 from wsss_core.io import read_image, read_label, voc_palette, write_logits
 from wsss_core.metrics import ConfusionMatrix
 

@@ -11,8 +11,7 @@ from torch import nn
 
 from tests.conftest import fixtures_dir
 from wsss_core.errors import ConfigError, DataError, WsssError
-from wsss_core.models import (MODEL_BUILDERS, build_model, freeze_batchnorm, load_checkpoint,
-                              load_init_weights)
+from wsss_core.models import MODEL_BUILDERS, build_model, freeze_batchnorm, load_checkpoint, load_init_weights
 from wsss_core.models.deeplab_v2 import MSC, MscOutputs, ScaleOutputs
 from wsss_core.models.resnet import feature_size
 

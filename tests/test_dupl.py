@@ -5,15 +5,26 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from tests.conftest import fixtures_dir
-from wsss_core.methods.dupl import (DuplConfig, balanced_seg_loss, cam_to_train_label,
-                                    cam_to_val_label, consistency_loss, consistency_target,
-                                    cosine_descent, discrepancy_loss, filter_noisy_labels,
-                                    image_high_thresholds, par_refine, ptc_affinity_target,
-                                    ptc_loss, ptc_token_labels, refine_cams_two_backgrounds,
-                                    scale_box)
+from wsss_core.methods.dupl import (
+    DuplConfig,
+    balanced_seg_loss,
+    cam_to_train_label,
+    cam_to_val_label,
+    consistency_loss,
+    consistency_target,
+    cosine_descent,
+    discrepancy_loss,
+    filter_noisy_labels,
+    image_high_thresholds,
+    par_refine,
+    ptc_affinity_target,
+    ptc_loss,
+    ptc_token_labels,
+    refine_cams_two_backgrounds,
+    scale_box,
+)
 from wsss_core.schedules import warmup_poly_factor
 
 FIXTURES = fixtures_dir("dupl")

@@ -3,8 +3,20 @@ import pytest
 from PIL import Image
 
 from wsss_core.errors import DataError
-from wsss_core.io import (atomic_dir, atomic_path, colorize, image_size, read_id_list, read_image,
-                          read_label, read_logits, voc_palette, write_image, write_label, write_logits)
+from wsss_core.io import (
+    atomic_dir,
+    atomic_path,
+    colorize,
+    image_size,
+    read_id_list,
+    read_image,
+    read_label,
+    read_logits,
+    voc_palette,
+    write_image,
+    write_label,
+    write_logits,
+)
 
 
 def test_voc_palette_known_colours():

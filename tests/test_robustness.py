@@ -9,8 +9,14 @@ import yaml
 from tests.conftest import copy_repo
 from tests.test_pipeline import dvc, ran, sh
 from wsss_core.errors import ConfigError
-from wsss_core.robustness import (benchmark_csv, benchmark_wall_time, cell_name, cell_result_path,
-                                  level_key, summarize)
+from wsss_core.robustness import (
+    benchmark_csv,
+    benchmark_wall_time,
+    cell_name,
+    cell_result_path,
+    level_key,
+    summarize,
+)
 
 
 def _run(method, noise, seed, miou, miou_crf):

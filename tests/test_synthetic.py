@@ -3,17 +3,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from wsss_core.metrics import ConfusionMatrix
 from PIL import Image
 from scipy import ndimage
 
 from wsss_core.config import NoiseTypes, SyntheticData
-from wsss_core.data.synthetic import (SIMILAR_CLASSES, add_void_border, corrupt_label,
-                                      generate_dataset, render_sample,
-                                      write_noisy_pseudo_labels)
+from wsss_core.data.synthetic import (
+    SIMILAR_CLASSES,
+    add_void_border,
+    corrupt_label,
+    generate_dataset,
+    render_sample,
+    write_noisy_pseudo_labels,
+)
 from wsss_core.errors import DataError, WsssError
 from wsss_core.io import read_id_list, read_image, read_label, write_label
+from wsss_core.metrics import ConfusionMatrix
 
 TINY = SyntheticData(num_train=6, num_val=3, min_size=40, max_size=56, max_objects=3,
                      classes=[3, 8, 12], seed=3)

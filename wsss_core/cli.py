@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable, Iterable, TypeVar
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 from tqdm import tqdm
 

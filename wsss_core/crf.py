@@ -25,9 +25,21 @@ from .cli import progress
 from .config import CrfParams
 from .data.datasets import Split
 from .errors import DataError, WsssError
-from .io import (IGNORE_INDEX, atomic_dir, atomic_path, colorize, image_size, read_image, read_json,
-                 read_label, read_logits, write_image, write_json, write_label)
 from .evaluate import softmax, upsample_bilinear
+from .io import (
+    IGNORE_INDEX,
+    atomic_dir,
+    atomic_path,
+    colorize,
+    image_size,
+    read_image,
+    read_json,
+    read_label,
+    read_logits,
+    write_image,
+    write_json,
+    write_label,
+)
 from .metrics import ConfusionMatrix
 
 # Caffe/DeepLab mean colour that CDL subtracts (B 104.008, G 116.669, R 122.675), in RGB order.

@@ -8,8 +8,8 @@ does not grow with the number of images and the result does not depend on `n_job
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from joblib import Parallel, delayed

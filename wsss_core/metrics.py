@@ -26,7 +26,7 @@ class ConfusionMatrix:
         # GT pixels per class that the prediction left as ignore_index
         self.undecided = np.zeros(num_classes, dtype=np.int64)
 
-    def update(self, pred, gt) -> "ConfusionMatrix":
+    def update(self, pred, gt) -> ConfusionMatrix:
         pred = np.asarray(pred)
         gt = np.asarray(gt)
         if pred.shape != gt.shape:
@@ -45,7 +45,7 @@ class ConfusionMatrix:
         self.matrix += np.bincount(n * gt + pred, minlength=n * n).reshape(n, n)
         return self
 
-    def __add__(self, other: "ConfusionMatrix") -> "ConfusionMatrix":
+    def __add__(self, other: ConfusionMatrix) -> ConfusionMatrix:
         if not isinstance(other, ConfusionMatrix) or other.num_classes != self.num_classes:
             return NotImplemented
         out = ConfusionMatrix(self.num_classes, self.ignore_index)

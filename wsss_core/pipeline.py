@@ -6,9 +6,15 @@ from pathlib import Path
 
 from .config import Params
 from .crf import crf_settings, refine_split, write_overlays
-from .data.datasets import (class_labels_path, class_names, logits_dir, predictions_dir,
-                            pseudo_label_dir, resolve_split)
 from .data.classes import read_class_labels
+from .data.datasets import (
+    class_labels_path,
+    class_names,
+    logits_dir,
+    predictions_dir,
+    pseudo_label_dir,
+    resolve_split,
+)
 from .data.pseudo_labels import ingest_pseudo_labels, synthesize_pseudo_labels
 from .data.train_set import TrainSet
 from .distributed import distributed

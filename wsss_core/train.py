@@ -12,8 +12,8 @@ import contextlib
 import hashlib
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -22,8 +22,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from .cli import progress
 from .distributed import Context, all_reduce_sum, barrier, broadcast_object
-from .io import atomic_path, write_json
 from .errors import ConfigError, WsssError
+from .io import atomic_path, write_json
 from .methods import TrainingMethod
 from .schedules import set_lr_factor
 

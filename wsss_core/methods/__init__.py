@@ -7,7 +7,8 @@ own. Both expose the same things to `wsss_core.train` and `wsss_core.infer`.
 """
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import torch
 from torch import nn

@@ -26,17 +26,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, NamedTuple, Sequence
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..metrics import ConfusionMatrix
 from ..errors import ConfigError, WsssError
 from ..io import IGNORE_INDEX
+from ..metrics import ConfusionMatrix
 from ..models import unwrap
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -618,11 +619,11 @@ class DuplConfig:
     ignore_index: int = IGNORE_INDEX
 
     @classmethod
-    def voc(cls, **overrides: Any) -> "DuplConfig":
+    def voc(cls, **overrides: Any) -> DuplConfig:
         return cls(**overrides)
 
     @classmethod
-    def coco(cls, **overrides: Any) -> "DuplConfig":
+    def coco(cls, **overrides: Any) -> DuplConfig:
         values = dict(max_iters=80000, cam_iters=8000, gmm_iters=32000, high_thre=0.65,
                       bkg_thre=0.45, thre_start=0.65, thre_end=[0.55], thre_offset=12000,
                       aux_seg_label_until=12000, ptc_from=12000, dis_from=8000, w_dis=0.05)
@@ -630,7 +631,7 @@ class DuplConfig:
         return cls(**values)
 
     def rescaled(self, max_iters: int, crop_size: int | None = None,
-                 reference_crop: int = 448) -> "DuplConfig":
+                 reference_crop: int = 448) -> DuplConfig:
         """The same schedule over `max_iters` iterations (every boundary scaled
         proportionally); with `crop_size`, `gmm_min_samples` scales with the crop area (a
         deliberate adaptation for small demo crops: 1000 of 448² pixels)."""
