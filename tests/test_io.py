@@ -7,6 +7,7 @@ from wsss_core.io import (
     atomic_dir,
     atomic_path,
     colorize,
+    decode_label,
     image_size,
     read_id_list,
     read_image,
@@ -50,11 +51,28 @@ def test_label_errors_name_file_and_problem(tmp_path):
     truncated = tmp_path / "trunc.png"
     write_label(truncated, np.random.default_rng(0).integers(0, 21, (64, 64)).astype(np.uint8))
     truncated.write_bytes(truncated.read_bytes()[:-40])
-    with pytest.raises(DataError, match="trunc.png: cannot decode image"):
+    with pytest.raises(DataError, match="trunc.png: cannot decode PNG"):
         read_label(truncated)
     with pytest.raises(DataError, match="missing.png: file not found"):
         read_label(tmp_path / "missing.png")
 
+
+
+def test_unreadable_label_is_one_clean_line(tmp_path):
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not an image at all")
+    with pytest.raises(DataError) as info:
+        read_label(junk)
+    assert str(info.value) == f"{junk}: not a readable PNG image"  # no PIL "<_io.BytesIO ...>"
+    jpeg = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(jpeg, "JPEG")
+    with pytest.raises(DataError) as info:
+        read_label(jpeg)
+    assert str(info.value) == f"{jpeg}: is JPEG, expected PNG"
+    # bytes from an archive are named by the location the caller gives
+    with pytest.raises(DataError) as info:
+        decode_label(junk.read_bytes(), "labels.zip:nested/a1.png")
+    assert str(info.value) == "labels.zip:nested/a1.png: not a readable PNG image"
 
 def test_corrupt_jpeg(tmp_path):
     path = tmp_path / "img.jpg"
@@ -116,3 +134,13 @@ def test_logits_float16_by_default(tmp_path):
     assert np.array_equal(read_logits(tmp_path / "y.npy"), logits)
     with pytest.raises(DataError, match=r"x.npy: logits have shape \(21, 6, 8\); expected \(81, h, w\)"):
         read_logits(tmp_path / "x.npy", num_classes=81)
+
+
+def test_duplicate_id_names_id_and_lines(tmp_path):
+    lines = ["a", "b", "", "/JPEGImages/c.jpg /SegmentationClassAug/c.png", "/JPEGImages/b.jpg x"]
+    (tmp_path / "dup.txt").write_text("\n".join(lines) + "\n")
+    first, again = lines.index("b") + 1, len(lines)  # 1-based; the last line repeats id b
+    with pytest.raises(DataError) as info:
+        read_id_list(tmp_path / "dup.txt")
+    assert str(info.value) == (f"{tmp_path / 'dup.txt'}: line {again}: duplicate id b "
+                               f"(first on line {first})")

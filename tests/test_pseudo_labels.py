@@ -28,8 +28,8 @@ def _train(voc_root):
 def _archive(kind, src, dest):
     if kind == "zip":
         with zipfile.ZipFile(dest, "w") as zf:
-            for p in sorted(src.iterdir()):
-                zf.write(p, f"{src.name}/{p.name}")
+            for p in sorted(src.rglob("*.png")):
+                zf.write(p, f"{src.name}/{p.relative_to(src).as_posix()}")
     else:
         with tarfile.open(dest, "w:gz" if kind == "tar.gz" else "w") as tf:
             tf.add(src, arcname=src.name)
@@ -89,10 +89,32 @@ def test_bad_labels_fail_and_leave_previous_output(tmp_path, voc_root, labels_di
 def test_error_inside_archive_names_member(tmp_path, voc_root, labels_dir):
     _break(labels_dir, "range")
     archive = _archive("zip", labels_dir, tmp_path / "labels.zip")
-    with pytest.raises(DataError, match=r"labels.zip:a2.png: label values"):
+    with pytest.raises(DataError, match=r"labels.zip:rib_voc/a2.png: label values"):
         ingest_pseudo_labels(archive, _train(voc_root), 21, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
+
+
+@pytest.mark.parametrize("kind", ["folder", "zip", "tar"])
+def test_error_in_nested_folder_names_its_path(tmp_path, voc_root, labels_dir, kind):
+    nested = labels_dir / "more" / "deep"
+    nested.mkdir(parents=True)
+    (labels_dir / "a2.png").rename(nested / "a2.png")
+    write_label(nested / "a2.png", np.full((20, 24), 21, np.uint8))
+    source = labels_dir if kind == "folder" else _archive(kind, labels_dir, tmp_path / f"labels.{kind}")
+    where = (str(nested / "a2.png") if kind == "folder"
+             else f"{source}:{labels_dir.name}/more/deep/a2.png")
+    with pytest.raises(DataError) as info:
+        ingest_pseudo_labels(source, _train(voc_root), 21, tmp_path / "out")
+    assert str(info.value) == f"{where}: label values [21] out of range (allowed 0..20 or 255)"
+
+
+def test_non_png_member_is_one_clean_line(tmp_path, voc_root, labels_dir):
+    (labels_dir / "a2.png").write_bytes(b"<html>404 not found</html>")
+    archive = _archive("zip", labels_dir, tmp_path / "labels.zip")
+    with pytest.raises(DataError) as info:
+        ingest_pseudo_labels(archive, _train(voc_root), 21, tmp_path / "out")
+    assert str(info.value) == f"{archive}:{labels_dir.name}/a2.png: not a readable PNG image"
 
 def test_bad_sources(tmp_path, voc_root):
     with pytest.raises(DataError, match="nowhere: pseudo-label source not found"):

@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -113,18 +114,24 @@ def read_id_list(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "list file not found")
-    ids = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DataError(path, "list is not a UTF-8 text file") from None
+    first_line: dict[str, int] = {}  # id -> line number where it first appears
+    for number, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if not line:
             continue
         first = line.split()[0]
-        ids.append(Path(first).stem if ("/" in first or "." in first) else first)
-    if not ids:
+        image_id = Path(first).stem if ("/" in first or "." in first) else first
+        if image_id in first_line:
+            raise DataError(path, f"line {number}: duplicate id {image_id} "
+                                  f"(first on line {first_line[image_id]})")
+        first_line[image_id] = number
+    if not first_line:
         raise DataError(path, "list is empty")
-    if len(set(ids)) != len(ids):
-        raise DataError(path, "list has duplicate ids")
-    return ids
+    return list(first_line)
 
 
 def write_id_list(path: str | Path, ids) -> None:
@@ -174,35 +181,67 @@ def write_image(path: str | Path, image: np.ndarray, quality: int = 95) -> None:
 
 
 # --------------------------------------------------------------------------- label maps
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
 def read_label(
     path: str | Path,
     num_classes: int | None = None,
     expected_hw: tuple[int, int] | None = None,
 ) -> np.ndarray:
-    """A label PNG as an H×W uint8 array of class indices (255 = ignore).
-
-    The file must be single-channel (`L` or palette `P`, whose indices are the classes, as in
-    VOC). With `num_classes`, every value must be < num_classes or 255; with `expected_hw`, the
-    size must match (the image's size).
-    """
+    """A label PNG file as an H×W uint8 array of class indices (255 = ignore); see `decode_label`."""
     path = Path(path)
-    img = _open(path)
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(path, f"cannot read file ({exc.strerror})") from None
+    return decode_label(data, path, num_classes, expected_hw)
+
+
+def decode_label(
+    data: bytes,
+    where: str | Path,
+    num_classes: int | None = None,
+    expected_hw: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Label PNG bytes as an H×W uint8 array of class indices (255 = ignore).
+
+    The one validation of label files: GT, predictions and ingested pseudo labels. The data must
+    be a single-channel PNG (`L` or palette `P`, whose indices are the classes, as in VOC). With
+    `num_classes`, every value must be < num_classes or 255; with `expected_hw`, the size must
+    match (the image's size). `where` names the file in errors: a path, or `<archive>:<member>`.
+    """
+    try:
+        img = Image.open(BytesIO(data))
+        if img.format == "PNG":
+            img.load()  # decode now: truncated or corrupt files fail here, not later
+    except UnidentifiedImageError:
+        # PIL's own message names the in-memory buffer, not the file
+        problem = ("cannot decode PNG (truncated or corrupt header)" if data.startswith(_PNG_SIGNATURE)
+                   else "not a readable PNG image")
+        raise DataError(where, problem) from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(where, f"cannot decode PNG ({exc})") from None
+    if img.format != "PNG":
+        raise DataError(where, f"is {img.format}, expected PNG")
     if img.mode not in ("L", "P"):
         raise DataError(
-            path, f"label has mode {img.mode}; expected a single-channel L or P PNG of class ids"
+            where, f"label has mode {img.mode}; expected a single-channel L or P PNG of class ids"
         )
     label = np.asarray(img, dtype=np.uint8)
     if expected_hw is not None and tuple(label.shape) != tuple(expected_hw):
         raise DataError(
-            path, f"label size {label.shape[1]}x{label.shape[0]} (WxH) differs from the image's "
+            where, f"label size {label.shape[1]}x{label.shape[0]} (WxH) differs from the image's "
             f"{expected_hw[1]}x{expected_hw[0]}"
         )
     if num_classes is not None:
         bad = (label >= num_classes) & (label != IGNORE_INDEX)
         if bad.any():
-            values = sorted(set(np.unique(label[bad]).tolist()))[:5]
+            values = np.unique(label[bad])[:5].tolist()
             raise DataError(
-                path, f"label values {values} out of range (allowed 0..{num_classes - 1} or 255)"
+                where, f"label values {values} out of range (allowed 0..{num_classes - 1} or 255)"
             )
     return label
 
