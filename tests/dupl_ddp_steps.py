@@ -6,9 +6,9 @@ in-memory dataset; run by tests/test_train.py under torchrun with 1 and with 2 p
 Writes OUT_DIR/model.pth and the DVCLive curves of every loss term under OUT_DIR/live/.
 
 Phases (`method_options`, no rescaling since max_iters = iterations): step 1 (n_iter 0) trains
-L_cls + L_dis (the decoders get no gradient: DDP's unused parameters); step 2 (n_iter 1 >
-cam_iters) adds the cross segmentation loss on two-background PAR labels with the dynamic τ_h;
-ANF and L_reg would start at n_iter 2, after the run.
+L_cls + L_dis (L_seg is built with weight 0, as the original, so the decoders get zero
+gradients); step 2 (n_iter 1 > cam_iters) adds the cross segmentation loss on two-background
+PAR labels with the dynamic τ_h; ANF and L_reg would start at n_iter 2, after the run.
 
 DuPL normalises L_ptc, L_seg and L_reg over the pixels / token pairs of each process's batch (as
 the original does on each GPU), so N processes equal one only when every process's batch has

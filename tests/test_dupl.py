@@ -12,6 +12,8 @@ from wsss_core.methods.dupl import (
     balanced_seg_loss,
     cam_to_train_label,
     cam_to_val_label,
+    compute_loss,
+    computed_terms,
     consistency_loss,
     consistency_target,
     cosine_descent,
@@ -19,12 +21,15 @@ from wsss_core.methods.dupl import (
     filter_noisy_labels,
     image_high_thresholds,
     par_refine,
+    param_groups,
+    phase_weights,
     ptc_affinity_target,
     ptc_loss,
     ptc_token_labels,
     refine_cams_two_backgrounds,
     scale_box,
 )
+from wsss_core.models.vit_seg import build_dupl_model
 from wsss_core.schedules import warmup_poly_factor
 
 FIXTURES = fixtures_dir("dupl")
@@ -275,3 +280,63 @@ def test_refine_cams_two_backgrounds_matches_fixture(variant):
     assert (label.numpy()[outside] == 255).all() and outside.any()
     values = set(np.unique(expected[decided]).tolist())
     assert {0, 255} < values  # background, ignore and at least one class are compared
+
+
+# (n_iter, term) → (computed, weight) in the released scripts' loops (`if n_iter < cam_iters` /
+# `< gmm_iters` choose the computations, `if n_iter <= ...` the weights of the total loss)
+VOC_PHASES = {
+    (1999, "seg"): (False, 0.0), (2000, "seg"): (True, 0.0), (2001, "seg"): (True, 0.2),
+    (7999, "reg"): (False, 0.0), (8000, "reg"): (True, 0.0), (8001, "reg"): (True, 0.05),
+    (0, "ptc"): (True, 0.2), (0, "dis"): (True, 0.1),
+}
+COCO_PHASES = {
+    (7999, "ptc"): (False, 0.0), (8000, "ptc"): (True, 0.0), (12001, "ptc"): (True, 0.2),
+    (0, "dis"): (True, 0.0), (8001, "dis"): (True, 0.05),
+    (8000, "seg"): (True, 0.0), (8001, "seg"): (True, 0.2),
+    (31999, "reg"): (False, 0.05), (32000, "reg"): (True, 0.05),  # reg weighted from 12001 on
+}
+
+
+@pytest.mark.parametrize("cfg, table", [(DuplConfig.voc(), VOC_PHASES),
+                                        (DuplConfig.coco(), COCO_PHASES)], ids=["voc", "coco"])
+def test_phase_schedule_matches_the_released_scripts(cfg, table):
+    for (n_iter, term), (computed, weight) in table.items():
+        assert computed_terms(n_iter, cfg)[term] is computed, (n_iter, term)
+        assert phase_weights(n_iter, cfg)[term] == weight, (n_iter, term)
+    assert not computed_terms(5000, DuplConfig.voc(w_dis=0.0))["dis"]  # switched off: not built
+
+
+def tiny_dupl_batch(num_classes=3, size=32):
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(2, 3, size, size, generator=generator)
+    cls_labels = torch.tensor([[1.0, 0.0], [1.0, 1.0]])[:, :num_classes - 1]
+    return {"images": images, "cls_labels": cls_labels,
+            "img_box": torch.tensor([[0, size, 0, size]] * 2),
+            "strong_images": torch.randn(2, 3, size, size, generator=generator)}
+
+
+def test_seg_loss_weighted_zero_at_the_boundary_gives_the_decoders_zero_gradients():
+    # cam_iters = 1: at n_iter 0 L_seg is not built, at n_iter 1 it is built with weight 0 (the
+    # original's `0.0 * seg_loss`), from n_iter 2 on it is weighted
+    torch.manual_seed(0)
+    model = build_dupl_model(3, patch_size=8, depth=1, embed_dim=32, num_heads=2, decoder_width=8)
+    cfg = DuplConfig.voc(max_iters=10, cam_iters=1, gmm_iters=5, thre_end=[0.55])
+    batch = tiny_dupl_batch()
+    decoder = list(model.branch1.decoder.parameters()) + list(model.branch2.decoder.parameters())
+    grads = {}
+    for n_iter in (0, 1, 2):
+        model.zero_grad(set_to_none=True)
+        loss, terms = compute_loss(model, batch, n_iter + 1, cfg)
+        loss.backward()
+        grads[n_iter] = [p.grad for p in decoder]
+        if n_iter == 1:
+            assert terms["seg"] == 0.0  # reported as weighted: 0
+            with torch.no_grad():  # AdamW counts the step and decays the decoders
+                before = [p.clone() for p in decoder]
+                lr, decay = 1e-2, 0.1
+                torch.optim.AdamW(param_groups(model, lr, decay), lr=lr, weight_decay=decay).step()
+            for old, new in zip(before, decoder):
+                assert torch.allclose(new, old * (1 - 10 * lr * decay), rtol=1e-6, atol=0)
+    assert all(g is None for g in grads[0])
+    assert all(g is not None and torch.equal(g, torch.zeros_like(g)) for g in grads[1])
+    assert all(g is not None and g.abs().sum() > 0 for g in grads[2])

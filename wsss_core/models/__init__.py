@@ -99,11 +99,12 @@ def _strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torc
     return state
 
 
-def read_state_dict(source: str | Path | Mapping[str, torch.Tensor]
+def read_state_dict(source: str | Path | Mapping[str, torch.Tensor], kind: str = "weights"
                     ) -> tuple[dict[str, torch.Tensor], str]:
-    """A state dict from a mapping or a `.pth` file (read with weights_only=True), with a
-    DataParallel `module.` prefix removed. A file holding a training checkpoint dict is accepted
-    when its `state_dict` or `model` entry is the state dict. Returns (state, description)."""
+    """A state dict from a mapping or a local `.pth` (read with weights_only=True) or
+    `.safetensors` file, with a DataParallel `module.` prefix removed. A file holding a training
+    checkpoint dict (or a DeiT release) is accepted when its `state_dict` or `model` entry is the
+    state dict. `kind` names the file in the one-line errors. Returns (state, description)."""
     if isinstance(source, Mapping):
         obj: Any = source
         where = "state dict"
@@ -111,12 +112,18 @@ def read_state_dict(source: str | Path | Mapping[str, torch.Tensor]
         path = Path(source)
         where = str(path)
         if not path.is_file():
-            raise DataError(path, "weights file not found")
+            raise DataError(path, f"{kind} file not found (nothing is downloaded; give a local "
+                                  ".pth or .safetensors file)")
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load_file
+
+                obj = load_file(str(path), device="cpu")
+            else:
+                obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
             detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise DataError(path, f"cannot read weights ({detail})") from None
+            raise DataError(path, f"cannot read {kind} ({detail})") from None
     if isinstance(obj, Mapping) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
         nested = next((obj[k] for k in ("state_dict", "model") if isinstance(obj.get(k), Mapping)),
                       None)

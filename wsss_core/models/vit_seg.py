@@ -18,18 +18,20 @@ DuPL checkpoints load with `models.load_checkpoint`.
 Forward (`DuplNet.forward(images, strong_images=None, strong_scale=0.75)`) runs both students
 once with gradients and returns a `DuplOutputs`; the strong view (already in the orientation the
 caller wants) is resized by `strong_scale` and only its segmentation logits are returned.
-`Student.cams(images)` gives the raw (pre-ReLU) CAMs used by `methods.dupl.multi_scale_cams`.
+`Student.cams(images)` gives the raw (pre-ReLU) CAMs used by `wsss_core.cam.multi_scale_cams`.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import DataError, WsssError
+from ..errors import WsssError
+from . import read_state_dict
 
 DECODER_DIM = 512
 DECODER_DILATION = 5
@@ -83,17 +85,15 @@ def create_vit(backbone: str, patch_size: int | None = None, depth: int | None =
     return vit
 
 
-def _resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int], new_grid: tuple[int, int],
-                      num_prefix: int) -> torch.Tensor:
-    """Bicubic resize (align_corners=False, no antialias) of the patch part of `pos_embed`."""
-    if tuple(grid) == tuple(new_grid):
-        return pos_embed
-    prefix, patches = pos_embed[:, :num_prefix], pos_embed[:, num_prefix:]
-    dim = patches.shape[-1]
-    patches = patches.reshape(1, grid[0], grid[1], dim).permute(0, 3, 1, 2)
-    patches = F.interpolate(patches.float(), size=new_grid, mode="bicubic", align_corners=False)
-    patches = patches.to(pos_embed.dtype).permute(0, 2, 3, 1).reshape(1, -1, dim)
-    return torch.cat([prefix, patches], dim=1)
+def _resample_pos_embed(pos_embed: torch.Tensor, grid: Sequence[int], new_grid: Sequence[int],
+                        num_prefix: int) -> torch.Tensor:
+    """timm's position-embedding resampling, bicubic without antialiasing (as the original
+    resizes on every forward); prefix tokens kept, the same grid returned as is."""
+    from timm.layers import resample_abs_pos_embed
+
+    return resample_abs_pos_embed(pos_embed, new_size=list(new_grid), old_size=list(grid),
+                                  num_prefix_tokens=num_prefix, interpolation="bicubic",
+                                  antialias=False)
 
 
 def vit_tokens(vit: nn.Module, images: torch.Tensor, aux_layer: int
@@ -106,7 +106,7 @@ def vit_tokens(vit: nn.Module, images: torch.Tensor, aux_layer: int
     x = patch_embed.norm(x.flatten(2).transpose(1, 2))
     no_embed_class = bool(getattr(vit, "no_embed_class", False))
     num_prefix = int(vit.num_prefix_tokens)
-    pos = _resize_pos_embed(vit.pos_embed, tuple(patch_embed.grid_size), (grid_h, grid_w),
+    pos = _resample_pos_embed(vit.pos_embed, tuple(patch_embed.grid_size), (grid_h, grid_w),
                             0 if no_embed_class else num_prefix)
     prefix = [token.expand(batch, -1, -1) for token in
               (getattr(vit, "cls_token", None), getattr(vit, "reg_token", None)) if token is not None]
@@ -135,39 +135,13 @@ def vit_tokens(vit: nn.Module, images: torch.Tensor, aux_layer: int
 
 
 # --------------------------------------------------------------------------- weights
-def _read_weight_file(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise DataError(path, "ViT weights file not found (nothing is downloaded; give a local "
-                              ".pth or .safetensors file)")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            obj: Any = load_file(str(path), device="cpu")
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(path, f"cannot read ViT weights ({detail})") from None
-    # DeiT releases wrap the state dict as {"model": ...}; training checkpoints use "state_dict"
-    for key in ("model", "state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict) or not obj or not all(
-            isinstance(v, torch.Tensor) for v in obj.values()):
-        raise DataError(path, "does not contain a state dict of tensors")
-    if all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}
-    return dict(obj)
-
-
 def load_vit_weights(vit: nn.Module, path: str | Path) -> list[str]:
     """Load ImageNet ViT weights (timm/DeiT key layout) into `vit` from a local `.pth` or
     `.safetensors` file. Classifier-head keys are optional (the head is unused); any other
     missing or unexpected key, or a shape mismatch, is a `WsssError`. A position embedding of a
     different grid is resized bicubically. Returns the names of the keys that were not loaded."""
     path = Path(path)
-    state = _read_weight_file(path)
+    state, _ = read_state_dict(path, kind="ViT weights")
     own = vit.state_dict()
     head_keys = {f"head.{n}" for n in ("weight", "bias")} | {
         k for k in set(own) | set(state) if k.startswith(("head.", "head_dist.", "pre_logits."))}
@@ -181,8 +155,8 @@ def load_vit_weights(vit: nn.Module, path: str | Path) -> list[str]:
         if side * side != pos.shape[1] - num_prefix or pos.shape[-1] != own["pos_embed"].shape[-1]:
             raise WsssError(f"{path}: 'pos_embed' has shape {tuple(pos.shape)}, model needs "
                             f"{tuple(own['pos_embed'].shape)}")
-        state["pos_embed"] = _resize_pos_embed(pos, (side, side), tuple(vit.patch_embed.grid_size),
-                                               num_prefix)
+        state["pos_embed"] = _resample_pos_embed(pos, (side, side), vit.patch_embed.grid_size,
+                                                 num_prefix)
     skipped = []
     for key in list(state):
         if key in head_keys and (key not in own or state[key].shape != own[key].shape):
@@ -262,8 +236,6 @@ class DuplNet(nn.Module):
         super().__init__()
         if num_classes < 2:
             raise WsssError(f"DuPL needs at least 2 classes (background + one), got {num_classes}")
-        self.num_classes = num_classes
-        self.backbone = backbone
         self.branch1 = Student(backbone, num_classes, aux_layer, decoder_width, **vit_overrides)
         self.branch2 = Student(backbone, num_classes, aux_layer, decoder_width, **vit_overrides)
 
@@ -275,10 +247,6 @@ class DuplNet(nn.Module):
         if index not in (1, 2):
             raise ValueError(f"student must be 1 or 2, got {index!r}")
         return self.branch1 if index == 1 else self.branch2
-
-    @property
-    def patch_size(self) -> int:
-        return int(self.branch1.encoder.patch_embed.proj.stride[0])
 
     def forward(self, images: torch.Tensor, strong_images: torch.Tensor | None = None,
                 strong_scale: float = 0.75) -> DuplOutputs:
