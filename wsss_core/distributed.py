@@ -57,11 +57,12 @@ def distributed(device: str = "auto") -> Iterator[Context]:
         budget = int(os.environ.get("WSSS_CPU_THREADS") or 0)
         torch.set_num_threads(budget or max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get(
             "LOCAL_WORLD_SIZE", world_size)))))
-    try:
-        yield Context(rank=rank, world_size=world_size, local_rank=local_rank, device=target)
-    finally:
-        if owns_group:
-            dist.destroy_process_group()
+    yield Context(rank=rank, world_size=world_size, local_rank=local_rank, device=target)
+    # not on an exception: the failing rank keeps its connections until it has reported the
+    # error and exits (wsss_core.cli.run_stage), so its peers never fail first with "connection
+    # closed by peer"
+    if owns_group:
+        dist.destroy_process_group()
 
 
 def barrier() -> None:

@@ -1,6 +1,7 @@
 """Errors that stage scripts turn into one-line messages and a non-zero exit."""
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 
@@ -23,3 +24,19 @@ class DataError(WsssError):
     def __reduce__(self):
         # joblib workers send errors back pickled; keep both constructor arguments
         return (type(self), (self.path, self.problem))
+
+
+# errors of the machine rather than of wsss (a full disk, a missing permission): user errors too
+OS_PROBLEMS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+}
+
+
+def os_problem(exc: BaseException) -> str | None:
+    """What a full disk or a missing permission did ("no space left on device"), None for any
+    other exception."""
+    return OS_PROBLEMS.get(exc.errno) if isinstance(exc, OSError) else None

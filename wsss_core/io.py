@@ -7,6 +7,7 @@ half-written file behind.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import DataError
+from .errors import OS_PROBLEMS, DataError, WsssError, os_problem
 
 IGNORE_INDEX = 255
 
@@ -41,17 +42,64 @@ _VOC_PALETTE_FLAT = voc_palette().reshape(-1).tolist()
 
 
 # --------------------------------------------------------------------------- atomic writes
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp/mkdtemp create private 0600/0700 entries; outputs get the modes a plain open() or
+# mkdir() would give them under the umask (0644/0755 under umask 022), read once at import
+_UMASK = _current_umask()
+FILE_MODE = 0o666 & ~_UMASK
+DIR_MODE = 0o777 & ~_UMASK
+
+
+@contextlib.contextmanager
+def _as_data_error(dest: Path, inside: Path | None = None) -> Iterator[None]:
+    """A full disk or a missing permission while writing `dest` becomes a one-line DataError
+    naming it (or, for a file under the temporary folder `inside`, its place under `dest`).
+
+    Some writers (torch.save) report a full disk as a RuntimeError of their own: any failure
+    while the destination's file system has no space left is taken for one."""
+    try:
+        yield
+    except WsssError:
+        raise
+    except Exception as exc:
+        problem = os_problem(exc)
+        if problem is None and _no_space_left(dest.parent):
+            problem = OS_PROBLEMS[errno.ENOSPC]
+        if problem is None:
+            raise
+        where = dest
+        name = getattr(exc, "filename", None)
+        if inside is not None and name and Path(name).is_relative_to(inside):
+            where = dest / Path(name).relative_to(inside)
+        raise DataError(where, problem) from None
+
+
+def _no_space_left(folder: Path) -> bool:
+    try:
+        return shutil.disk_usage(folder).free == 0
+    except OSError:
+        return False
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to `dest`; rename it onto `dest` if the block succeeds."""
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
+    with _as_data_error(dest):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+        os.close(fd)
     tmp = Path(tmp_name)
     try:
-        yield tmp
-        os.replace(tmp, dest)
+        with _as_data_error(dest):
+            yield tmp
+            os.chmod(tmp, FILE_MODE)
+            os.replace(tmp, dest)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -64,17 +112,20 @@ def atomic_dir(dest: str | Path) -> Iterator[Path]:
     On failure the temporary folder is removed and an existing `dest` is left untouched.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    with _as_data_error(dest):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
-        yield tmp
-        if dest.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
-            os.replace(dest, old / "x")
-            os.replace(tmp, dest)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, dest)
+        with _as_data_error(dest, inside=tmp):
+            os.chmod(tmp, DIR_MODE)
+            yield tmp
+            if dest.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
+                os.replace(dest, old / "x")
+                os.replace(tmp, dest)
+                shutil.rmtree(old)
+            else:
+                os.replace(tmp, dest)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
