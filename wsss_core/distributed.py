@@ -83,3 +83,45 @@ def broadcast_object(obj, src: int = 0):
     holder = [obj]
     dist.broadcast_object_list(holder, src=src)
     return holder[0]
+
+
+# --------------------------------------------------------------------------- global-batch losses
+# A loss normalised over "the batch" (a mean over its valid pixels, Dice over its pixel sums, ...)
+# must see the global batch under DDP, as the originals' nn.DataParallel does, or N processes take
+# a different step from one process on the same images. The losses therefore build every batch
+# sum and count with `global_sum` and hand the training loop `undo_gradient_averaging(loss)`.
+def world_size() -> int:
+    """Processes in the current process group (1 without one)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def global_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` summed over all processes, differentiable in this process's own part.
+
+    The value is Σ_r tensor_r; the other processes' parts enter as constants, so a loss
+    f(global sums) has, on process r, the gradient Σ_k ∂f/∂S_k · ∇S_k^r: this process's share of
+    the global-batch gradient (the shares add up to it exactly, for any differentiable f). Every
+    process must call it the same number of times, in the same order. Without a process group
+    it returns `tensor` itself."""
+    if world_size() == 1:
+        return tensor
+    total = tensor.detach().clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return tensor + (total - tensor.detach())
+
+
+def global_sums(*totals: torch.Tensor) -> list[torch.Tensor]:
+    """`global_sum` of several same-shaped local totals (counts may be integer or bool; all are
+    cast to the first floating dtype) in one all-reduce."""
+    dtype = next(t.dtype for t in totals if t.is_floating_point())
+    return list(global_sum(torch.stack([t.to(dtype) for t in totals])).unbind())
+
+
+def undo_gradient_averaging(loss: torch.Tensor) -> torch.Tensor:
+    """The loss to back-propagate through DDP for a global-batch loss built with `global_sum`.
+
+    Each process's gradient is its share of the global-batch gradient and DDP averages the
+    shares over the processes, so the loss is scaled by the world size to make the average their
+    sum. Its value is then world_size × the loss: log the unscaled one."""
+    size = world_size()
+    return loss * size if size > 1 else loss

@@ -11,8 +11,16 @@ Method interface used by the training loop (same for every method):
     method.param_groups(model, base_lr, weight_decay) -> list of SGD param-group dicts
 
 `outputs` is the model's training-mode `MscOutputs`, `labels` the (B, H, W) int64 crop labels
-(255 = ignore) at input resolution, `iteration` 1-based. The loss is for one batch; the loop
-divides it by the gradient-accumulation count itself.
+(255 = ignore) at input resolution, `iteration` 1-based.
+
+Normalisation unit: one micro-batch of the *global* batch. Under DDP every batch sum and count of
+a loss (its valid pixels, background/foreground groups, Dice sums, affinity pairs) is summed over
+the processes with `distributed.global_sum`, as the originals' nn.DataParallel sees the whole
+batch, and `compute_loss` returns `distributed.undo_gradient_averaging(loss)` for backward, so N
+processes take the step of one process on the same images; the logged terms are the
+global-batch values. With gradient accumulation (`iter_size`) each micro-batch is normalised on
+its own and the loop averages their gradients (it divides each loss by iter_size), as the
+original CDL's `iter_size` loop does: not one loss over the accumulated batch.
 """
 from __future__ import annotations
 
@@ -24,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..distributed import global_sums, undo_gradient_averaging
 from ..io import IGNORE_INDEX
 from ..models import MscOutputs, unwrap
 
@@ -56,30 +65,38 @@ def _zero_like_graph(logits: torch.Tensor) -> torch.Tensor:
     return logits.sum() * 0.0
 
 
+def _pixel_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-pixel CE, 0 at ignored pixels."""
+    return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="none")
+
+
 def cross_entropy_ignore(logits: torch.Tensor, labels: torch.Tensor,
                          guard_empty: bool = True) -> torch.Tensor:
-    """Mean CE over pixels whose label is not 255. With no such pixel PyTorch returns NaN; with
-    `guard_empty` the loss is 0 instead (and contributes no gradient)."""
-    if guard_empty and not bool((labels != IGNORE_INDEX).any()):
+    """Mean CE over the (global) batch's pixels whose label is not 255. With no such pixel
+    PyTorch returns NaN; with `guard_empty` the loss is 0 instead (and contributes no
+    gradient)."""
+    total, count = global_sums(_pixel_ce(logits, labels).sum(), (labels != IGNORE_INDEX).sum())
+    if guard_empty and not bool(count > 0):
         return _zero_like_graph(logits)
-    return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+    return total / count
 
 
 def balanced_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
                            guard_empty: bool = True) -> torch.Tensor:
-    """½·(mean CE over background pixels + mean CE over foreground pixels), over the whole batch
-    (CDL's `criterion_balance`). The original gives NaN (0/0) when the batch has no background or
-    no foreground pixel; with `guard_empty` an empty group is left out (the loss is the other
-    group's mean, or 0 if both are empty)."""
-    per_pixel = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="none")
+    """½·(mean CE over background pixels + mean CE over foreground pixels), over the whole
+    (global) batch (CDL's `criterion_balance`). The original gives NaN (0/0) when the batch has
+    no background or no foreground pixel; with `guard_empty` an empty group is left out (the loss
+    is the other group's mean, or 0 if both are empty)."""
+    per_pixel = _pixel_ce(logits, labels)
     background = labels == 0
     foreground = (labels != 0) & (labels != IGNORE_INDEX)
+    sum_bg, sum_fg, count_bg, count_fg = global_sums(
+        (per_pixel * background).sum(), (per_pixel * foreground).sum(), background.sum(),
+        foreground.sum())
     if not guard_empty:
-        loss_bg = (per_pixel * background).sum() / background.sum()
-        loss_fg = (per_pixel * foreground).sum() / foreground.sum()
-        return (loss_bg + loss_fg) / 2
-    terms = [(per_pixel * mask).sum() / mask.sum() for mask in (background, foreground)
-             if bool(mask.any())]
+        return (sum_bg / count_bg + sum_fg / count_fg) / 2
+    terms = [total / count for total, count in ((sum_bg, count_bg), (sum_fg, count_fg))
+             if bool(count > 0)]
     if not terms:
         return _zero_like_graph(logits)
     return sum(terms) / len(terms)
@@ -156,7 +173,7 @@ class BaselineMethod:
                                       self.config.imagenet_init)
                     for logits in outputs.main)
         total = total * imagenet_ramp(iteration, self.config.imagenet_init)
-        return total, {"loss": float(total.detach())}
+        return undo_gradient_averaging(total), {"loss": float(total.detach())}
 
     def param_groups(self, model: nn.Module, base_lr: float, weight_decay: float) -> list[dict]:
         return deeplab_param_groups(model, base_lr, weight_decay)

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..distributed import global_sums, undo_gradient_averaging
 from ..errors import WsssError
 from ..io import IGNORE_INDEX
 from ..models import MscOutputs
@@ -74,9 +75,9 @@ def update_labels(logits_1: torch.Tensor, logits_2: torch.Tensor, affinity: torc
 # --------------------------------------------------------------------------- losses
 def dice_loss(logits: torch.Tensor, labels: torch.Tensor, mask_ignore: bool = False,
               eps: float = 1e-7) -> torch.Tensor:
-    """1 − mean over all C classes of 2·Σ p_c t_c / (Σ p_c + Σ t_c + eps), sums over the batch
-    and all pixels (the original `dice_loss`). Ignored pixels have an all-zero target row, but
-    as in the original their predicted probability still counts in the denominator unless
+    """1 − mean over all C classes of 2·Σ p_c t_c / (Σ p_c + Σ t_c + eps), sums over the
+    (global) batch and all pixels (the original `dice_loss`). Ignored pixels have an all-zero
+    target row, but as in the original their predicted probability still counts in the denominator unless
     `mask_ignore` (the original's mask is a no-op). Absent classes contribute 0."""
     classes = logits.shape[1]
     valid = labels != IGNORE_INDEX
@@ -85,8 +86,8 @@ def dice_loss(logits: torch.Tensor, labels: torch.Tensor, mask_ignore: bool = Fa
     probs = F.softmax(logits, dim=1)
     if mask_ignore:
         probs = probs * valid.unsqueeze(1).to(probs.dtype)
-    intersection = (probs * target).sum(dim=(0, 2, 3))
-    union = (probs + target).sum(dim=(0, 2, 3))
+    intersection, union = global_sums((probs * target).sum(dim=(0, 2, 3)),
+                                      (probs + target).sum(dim=(0, 2, 3)))
     return 1.0 - (2.0 * intersection / (union + eps)).mean()
 
 
@@ -103,19 +104,23 @@ def affinity_loss(affinity: torch.Tensor, labels: torch.Tensor, negative_weight:
     batch = labels.shape[0]
     flat = labels.reshape(batch, -1)
     valid = flat != IGNORE_INDEX
-    if nclass is not None:
-        if bool((valid & (flat > nclass)).any()):
-            raise WsssError(f"affinity loss: label {int(flat[valid].max())} is larger than "
-                            f"affinity_nclass={nclass}; set affinity_nclass to the class count")
-        matchable = valid & (flat < nclass)
-    else:
-        matchable = valid
+    too_large = valid & (flat > nclass) if nclass is not None else torch.zeros_like(valid)
+    matchable = valid & (flat < nclass) if nclass is not None else valid
     pair_valid = valid.unsqueeze(2) & valid.unsqueeze(1)
     same = (flat.unsqueeze(2) == flat.unsqueeze(1)) & matchable.unsqueeze(2)
-    positive = (pair_valid & same).to(affinity.dtype)
-    negative = (pair_valid & ~same).to(affinity.dtype)
-    positive_term = -(positive * torch.log(affinity + 1e-5)).sum() / (positive.sum() + 1e-5)
-    negative_term = -(negative * torch.log(1 - affinity + 1e-5)).sum() / (negative.sum() + 1e-5)
+    positive = pair_valid & same
+    negative = pair_valid & ~same
+    # the pair counts are the global batch's; the label check is global too, so that every
+    # process raises (none is left waiting in an all-reduce)
+    positive_sum, negative_sum, positive_count, negative_count, too_large_count = global_sums(
+        (positive * torch.log(affinity + 1e-5)).sum(),
+        (negative * torch.log(1 - affinity + 1e-5)).sum(),
+        positive.sum(), negative.sum(), too_large.sum())
+    if bool(too_large_count > 0):
+        raise WsssError(f"affinity loss: a label is larger than affinity_nclass={nclass}; set "
+                        f"affinity_nclass to the class count")
+    positive_term = -positive_sum / (positive_count + 1e-5)
+    negative_term = -negative_sum / (negative_count + 1e-5)
     return positive_term + negative_weight * negative_term
 
 
@@ -225,7 +230,7 @@ class CdlMethod:
             parts["strong"] = terms.strong
         values = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=total.device)
                               .detach() for v in parts.values()]).tolist()
-        return total, dict(zip(parts, values))
+        return undo_gradient_averaging(total), dict(zip(parts, values))
 
     def param_groups(self, model: nn.Module, base_lr: float, weight_decay: float) -> list[dict]:
         """DeepLab's 1×/10×/20× groups; the affinity head's conv and BN parameters join the 20×
