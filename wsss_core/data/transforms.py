@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageFilter, ImageOps
 import torchvision.transforms.functional as TF
+from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
 from ..io import IGNORE_INDEX
 
@@ -153,26 +153,42 @@ def dupl_color_pipeline(image_rgb: np.ndarray, rng: np.random.Generator) -> np.n
     return np.asarray(img)
 
 
-_RANDAUG_OPS = ("autocontrast", "equalize", "posterize", "color", "contrast", "brightness", "sharpness")
+# RandAugment as DuPL uses it (its utils/randomaug.py, after rpmcruz/autoaugment): the colour ops
+# and the value range each maps the magnitude m ∈ [0, 30] into, value = low + m/30·(high − low).
+# At DuPL's m = 10 the four enhance ops get factor 0.7 (always below 1: no random sign) and
+# posterize keeps 2 bits.
+RANDAUG_RANGES: dict[str, tuple[float, float]] = {
+    "autocontrast": (0, 1), "equalize": (0, 1), "posterize": (0, 6),
+    "color": (0.1, 1.9), "contrast": (0.1, 1.9), "brightness": (0.1, 1.9), "sharpness": (0.1, 1.9),
+}
+_ENHANCERS = {"color": ImageEnhance.Color, "contrast": ImageEnhance.Contrast,
+              "brightness": ImageEnhance.Brightness, "sharpness": ImageEnhance.Sharpness}
+
+
+def randaugment_value(name: str, magnitude: float) -> float:
+    """The op's strength at `magnitude` (the original's expression, same float rounding)."""
+    low, high = RANDAUG_RANGES[name]
+    return (float(magnitude) / 30) * float(high - low) + low
+
+
+def randaugment_op(img: Image.Image, name: str, magnitude: float) -> Image.Image:
+    """One RandAugment colour op of DuPL's list at `magnitude` (PIL's own implementations)."""
+    value = randaugment_value(name, magnitude)
+    if name == "autocontrast":
+        return ImageOps.autocontrast(img)
+    if name == "equalize":
+        return ImageOps.equalize(img)
+    if name == "posterize":
+        return ImageOps.posterize(img, max(1, int(value)))
+    return _ENHANCERS[name](img).enhance(value)
 
 
 def dupl_strong_view(image_rgb: np.ndarray, rng: np.random.Generator, num_ops: int = 5,
                      magnitude: int = 10) -> np.ndarray:
-    """DuPL's strong view: RandAugment of `num_ops` colour ops drawn with replacement at magnitude
-    m/30 of each range (enhance factors 1 ± 0.7·m/30, posterize to 2 bits). The original's
-    mirroring of this view happens in the method (`DuplConfig.strong_flip`), not here."""
+    """DuPL's strong view: RandAugment of `num_ops` colour ops drawn with replacement, each at
+    `magnitude` (`randaugment_op`). The original's mirroring of this view happens in the method
+    (`DuplConfig.strong_flip`), not here."""
     img = Image.fromarray(image_rgb)
-    level = magnitude / 30.0
-    for name in rng.choice(_RANDAUG_OPS, size=num_ops, replace=True):
-        if name == "autocontrast":
-            img = ImageOps.autocontrast(img)
-        elif name == "equalize":
-            img = ImageOps.equalize(img)
-        elif name == "posterize":
-            img = ImageOps.posterize(img, 2)
-        else:
-            factor = 1.0 + 0.7 * level * (1 if rng.random() < 0.5 else -1)
-            adjust = {"color": TF.adjust_saturation, "contrast": TF.adjust_contrast,
-                      "brightness": TF.adjust_brightness, "sharpness": TF.adjust_sharpness}[name]
-            img = adjust(img, factor)
+    for name in rng.choice(list(RANDAUG_RANGES), size=num_ops, replace=True):
+        img = randaugment_op(img, str(name), magnitude)
     return np.asarray(img)
