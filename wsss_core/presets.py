@@ -101,7 +101,8 @@ DUPL_PRESETS = {
         "model": {"backbone": "deit_tiny_patch16_224", "patch_size": 8, "depth": 4,
                   "embed_dim": 128, "num_heads": 4, "decoder_width": 128},
     },
-    # Wu0409/DuPL train_final_voc.py: effective batch 4 (the authors stress it), 448 crops
+    # Wu0409/DuPL train_final_voc.py: effective batch 4 (the authors stress it), 448 crops; the
+    # paper ran it on 2 GPUs × 2 images (DUPL_PAPER_PROCESSES)
     "voc": {
         **_DUPL_COMMON,
         "iterations": 20000, "batch_size": 4, "iter_size": 1, "crop": 448, "lr": 6e-5,
@@ -109,6 +110,7 @@ DUPL_PRESETS = {
         "init_weights": "models/init/deit_base_patch16_224-b5f2ef4d.pth",
         "model": {"backbone": "deit_base_patch16_224"},
     },
+    # Wu0409/DuPL train_final_coco.py: batch 8, run on 8 GPUs × 1 image (DUPL_PAPER_PROCESSES)
     "coco": {
         **_DUPL_COMMON,
         "iterations": 80000, "batch_size": 8, "iter_size": 1, "crop": 448, "lr": 6e-5,
@@ -117,6 +119,12 @@ DUPL_PRESETS = {
         "model": {"backbone": "deit_base_patch16_224"},
     },
 }
+# Processes of the DuPL paper runs per preset. DuPL keeps the per-process loss normalisation of
+# its original (which is DDP: L_seg, L_ptc and L_reg are normalised over each GPU's images), so
+# the normalisation unit is batch_size / processes: train with this many processes
+# (`torchrun --nproc-per-node=2` for voc) to reproduce the paper's; 1 process pools over the
+# whole batch (README "Differences from the original code"). Documentation only: nothing reads it.
+DUPL_PAPER_PROCESSES = {"voc": 2, "coco": 8}
 
 PRESETS = {"deeplab": DEEPLAB_PRESETS, "dupl": DUPL_PRESETS}
 
