@@ -1,16 +1,25 @@
 """Stage crf: DenseCRF refinement and scoring of the val logits.
 
-Reads `data/logits/<method>/val/<id>.npy`, writes palette PNGs of class ids to
-`data/predictions/<method>/val/<id>.png`, the scores with CRF (and, from the same pass, the
-no-CRF mIoU) to metrics/scores_crf.json + metrics/scores_crf_per_class.csv, and a few
-image | GT | no CRF | CRF panels to metrics/plots/overlays/. Rerunning after an interruption
+Reads <logits>/val/<id>.npy, writes palette PNGs of class ids to <predictions>/val/<id>.png, the
+scores with CRF (and, from the same pass, the no-CRF mIoU) to <metrics>/scores_crf.json + a
+per-class CSV, the confusion matrix for `dvc plots` (<metrics>/confusion_crf.json), and a few
+image | GT | no CRF | CRF panels to <metrics>/plots/overlays/. Rerunning after an interruption
 reuses the predictions already written.
 """
-
+import argparse
 
 from wsss_core.cli import run_stage
 from wsss_core.config import load_params
+from wsss_core.paths import add_path_arguments, paths_from_args
 from wsss_core.pipeline import run_crf
 
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_path_arguments(parser, "prepared", "logits", "predictions", "metrics")
+    params = load_params()
+    run_crf(params, paths_from_args(params, parser.parse_args()))
+
+
 if __name__ == "__main__":
-    run_stage(lambda: run_crf(load_params()))
+    run_stage(main)

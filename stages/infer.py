@@ -1,14 +1,15 @@
 """Stage infer: multi-scale inference of the trained model on the val split (run under torchrun).
 
-Writes data/logits/<method>/val/<id>.npy ((C, h, w) logits, float16 unless infer.dtype says
-float32) and metrics/scores.json (no-CRF scores; for DuPL both students, the better one's logits
-go on to the CRF stage). `--split test` (outside the DAG, for the VOC test server) writes
-data/logits/<method>/test/ with the model and predictor chosen on val.
+Writes <logits>/val/<id>.npy ((C, h, w) logits, float16 unless infer.dtype says float32) and
+<metrics>/scores.json (no-CRF headline scores; for DuPL both students, the better one's logits go
+on to the CRF stage) + a per-class CSV. `--split test` (outside the DAG, for the VOC test server)
+writes <logits>/test/ with the model and predictor chosen on val.
 """
 import argparse
 
 from wsss_core.cli import run_stage
 from wsss_core.config import load_params
+from wsss_core.paths import add_path_arguments, paths_from_args
 from wsss_core.pipeline import run_inference
 
 
@@ -16,7 +17,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--split", choices=["val", "test"], default="val",
                         help="test: logits of the VOC test list for stages/export_voc_test.py")
-    run_inference(load_params(), parser.parse_args().split)
+    add_path_arguments(parser, "prepared", "model_dir", "logits", "metrics")
+    params = load_params()
+    args = parser.parse_args()
+    run_inference(params, paths_from_args(params, args), args.split)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ def test_params_file_uses_block_lists():
 @pytest.mark.parametrize(
     "raw, message",
     [
-        ({"method": "cdl_x"}, "method: expected one of 'baseline', 'cdl_b', 'cdl_e', 'dupl', got 'cdl_x'"),
+        ({"method": "cdl_x"}, "method: unknown method 'cdl_x' (allowed: baseline, cdl_b, cdl_e, dupl)"),
         ({"dataset": "ade20k"}, "dataset: expected one of 'synthetic', 'voc12', 'coco14'"),
         ({"data": {"nosie": 0.3}}, "unknown key 'data.nosie' (allowed: synthetic, noise,"),
         ({"learning_rate": 1}, "unknown key 'learning_rate' (allowed: method, dataset,"),
@@ -76,8 +76,29 @@ def test_method_options_reach_the_method_and_are_checked():
     params = params_from_dict({"method": "dupl", "train": {"method_options": {"discrepancy": "paper"}}})
     assert create_method("dupl", 21, effective_train_config(params)).cfg.discrepancy == "paper"
     params = params_from_dict({"method": "cdl_b", "train": {"method_options": {"tresh": 1}}})
-    with pytest.raises(ConfigError, match="unknown key 'train.method_options.tresh' for method 'cdl_b'"):
+    with pytest.raises(ConfigError, match="train.method_options.tresh: unknown key of method 'cdl_b'"):
         create_method("cdl_b", 21, effective_train_config(params))
+
+
+@pytest.mark.parametrize("method, options, message", [
+    ("dupl", {"gamma": "x"}, "params.yaml: train.method_options.gamma: expected a number, got 'x'"),
+    ("dupl", {"discrepancy": "both"},
+     "params.yaml: train.method_options.discrepancy: expected one of 'code', 'paper', got 'both'"),
+    ("cdl_b", {"threshold_1": [0.9]},
+     "params.yaml: train.method_options.threshold_1: expected a number, got [0.9]"),
+    ("cdl_e", {"train_affinity_head": "yes"},
+     "params.yaml: train.method_options.train_affinity_head: expected true/false or null, got 'yes'"),
+    ("baseline", {"imagenet_init": 1},
+     "params.yaml: train.method_options.imagenet_init: expected true/false, got 1"),
+])
+def test_method_options_are_typed_one_line_errors_before_any_data(method, options, message):
+    """A wrong type fails in the configuration step (no data is read), naming the real key."""
+    from wsss_core.presets import effective_train_config
+
+    params = params_from_dict({"method": method, "train": {"method_options": options}})
+    with pytest.raises(ConfigError) as info:
+        effective_train_config(params)
+    assert str(info.value) == message
 
 
 def test_unknown_preset_names_the_allowed_ones():

@@ -11,9 +11,10 @@ from torch import nn
 
 from tests.conftest import fixtures_dir
 from wsss_core.errors import ConfigError, DataError, WsssError
-from wsss_core.models import MODEL_BUILDERS, build_model, freeze_batchnorm, load_checkpoint, load_init_weights
+from wsss_core.models import build_model, freeze_batchnorm, load_checkpoint, load_init_weights
 from wsss_core.models.deeplab_v2 import MSC, MscOutputs, ScaleOutputs
 from wsss_core.models.resnet import feature_size
+from wsss_core.registry import method_names
 
 FIXTURES = Path(os.environ.get("WSSS_CDL_FIXTURES", fixtures_dir("cdl")))
 TINY = dict(blocks=[1, 1, 1, 1], width=8)
@@ -111,7 +112,7 @@ def test_feature_sizes_of_a_real_forward():
 
 # --------------------------------------------------------------------------- build_model
 def test_build_model_registry_and_parameter_checks():
-    assert set(MODEL_BUILDERS) == {"baseline", "cdl_b", "cdl_e", "dupl"}
+    assert set(method_names()) == {"baseline", "cdl_b", "cdl_e", "dupl"}
     with pytest.raises(ConfigError, match="unknown method 'deeplab'"):
         build_model("deeplab", 21)
     with pytest.raises(ConfigError, match="'widht'"):

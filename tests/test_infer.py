@@ -8,7 +8,9 @@ from wsss_core.distributed import Context
 from wsss_core.infer import MODEL_STAMP, infer_logits, prepare_output, valid_logits
 from wsss_core.methods import create_method
 from wsss_core.presets import DEEPLAB_PRESETS
+from wsss_core.registry import get_method
 
+RECORD = get_method("cdl_b")
 CPU = Context(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
 
@@ -25,7 +27,7 @@ def test_infer_writes_resumes_and_discards_foreign_files(voc_root, tmp_path):
     model = method.build_model()
     out = tmp_path / "logits"
     prepare_output(out, "model-a", CPU)
-    written = infer_logits(model, method.predictors(), method.family, split, {"main": out}, 21, CPU)
+    written = infer_logits(model, RECORD.predictors({}), RECORD.normalize, split, {"main": out}, 21, CPU)
     assert written == 2 and (out / MODEL_STAMP).read_text().strip() == "model-a"
     logits = np.load(out / "b1.npy")
     assert logits.dtype == np.float16 and logits.shape == (21, 3, 4)  # 20×24 image at stride 8
@@ -39,7 +41,7 @@ def test_infer_writes_resumes_and_discards_foreign_files(voc_root, tmp_path):
     # resume: valid files are kept, a truncated one is rewritten
     (out / "b2.npy").write_bytes((out / "b2.npy").read_bytes()[:20])
     assert not valid_logits(out / "b2.npy", 21)
-    assert infer_logits(model, method.predictors(), method.family, split, {"main": out}, 21, CPU) == 1
+    assert infer_logits(model, RECORD.predictors({}), RECORD.normalize, split, {"main": out}, 21, CPU) == 1
     assert valid_logits(out / "b2.npy", 21) and not valid_logits(out / "b2.npy", 81)
 
     # another model's files are discarded before inference

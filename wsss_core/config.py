@@ -17,7 +17,6 @@ import yaml
 
 from .errors import ConfigError
 
-Method = Literal["baseline", "cdl_b", "cdl_e", "dupl"]
 DatasetName = Literal["synthetic", "voc12", "coco14"]
 PARAMS_FILE = "params.yaml"
 
@@ -210,25 +209,32 @@ class BenchmarkParams:
     image_label_methods: list[str] = field(default_factory=lambda: ["dupl"])
     noise_levels: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    # cells trained at once within one stage (its seeds); the CPU cores are shared out among them
+    # cells trained at once within one stage (its seeds)
     jobs: int = 3
+    # CPU threads of each cell: fixed by the benchmark, not by the machine, because float sums
+    # depend on the thread count (a rerun elsewhere with the same value gives the same numbers)
+    threads: int = 1
 
     @property
     def methods(self) -> list[str]:
         return [*self.pseudo_label_methods, *self.image_label_methods]
 
     def validate(self, where: str) -> None:
-        for key, allowed in (("pseudo_label_methods", ("baseline", "cdl_b", "cdl_e")),
-                             ("image_label_methods", ("dupl",))):
-            for name in getattr(self, key):
-                _check(name in allowed, f"{where}.{key}", f"unknown method '{name}' (allowed: "
-                       f"{', '.join(allowed)})")
+        from .registry import get_method
+
+        for key, learns_from in (("pseudo_label_methods", "pseudo_labels"),
+                                 ("image_label_methods", "image_labels")):
+            for index, name in enumerate(getattr(self, key)):
+                record = get_method(name, f"{where}.{key}[{index}]")
+                _check(record.learns_from == learns_from, f"{where}.{key}[{index}]",
+                       f"method '{name}' learns from {record.learns_from.replace('_', ' ')}")
         for key in ("pseudo_label_methods", "noise_levels", "seeds"):
             values = getattr(self, key)
             _check(len(values) >= 1 and len(set(values)) == len(values), f"{where}.{key}",
                    "must list at least one value, without repeats")
         _check(isinstance(self.jobs, int) and self.jobs >= 1, f"{where}.jobs",
                "must be a whole number >= 1")
+        _check(self.threads >= 1, f"{where}.threads", "must be >= 1")
         _check(len(set(self.image_label_methods)) == len(self.image_label_methods),
                f"{where}.image_label_methods", "must not repeat a method")
         _check(all(0.0 <= n <= 1.0 for n in self.noise_levels), f"{where}.noise_levels",
@@ -237,7 +243,7 @@ class BenchmarkParams:
 
 @dataclass
 class Params:
-    method: Method = "baseline"
+    method: str = "baseline"   # a name in wsss_core.registry
     dataset: DatasetName = "synthetic"
     seed: int = 0
     data: DataParams = field(default_factory=DataParams)
@@ -249,6 +255,9 @@ class Params:
     benchmark: BenchmarkParams = field(default_factory=BenchmarkParams)
 
     def validate(self, where: str) -> None:
+        from .registry import get_method
+
+        get_method(self.method)
         if self.pseudo_labels.source == "synthetic" and self.dataset != "synthetic":
             raise ConfigError(
                 f"params.yaml: pseudo_labels.source 'synthetic' needs dataset 'synthetic' "
@@ -356,21 +365,37 @@ def _build(cls, raw, where: str, source: str):
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: {label}: expected a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = [f.name for f in dataclasses.fields(cls)]
     for key in raw:
         if key not in fields:
             dotted = f"{where}.{key}" if where else str(key)
             raise ConfigError(
                 f"{source}: unknown key '{dotted}' (allowed: {', '.join(fields)})"
             )
-    values = {}
-    for name in fields:
-        if name in raw:
-            dotted = f"{where}.{name}" if where else name
-            values[name] = _convert(hints[name], raw[name], dotted, source)
-    obj = cls(**values)
+    obj = cls(**_convert_values(cls, raw, where, source))
     if hasattr(obj, "validate"):
         obj.validate(where or "params")
     return obj
 
+
+
+def _convert_values(cls, raw: dict, where: str, source: str) -> dict:
+    """The entries of `raw` converted to the types of `cls`'s fields (keys already checked)."""
+    hints = typing.get_type_hints(cls)
+    return {name: _convert(hints[name], value, f"{where}.{name}" if where else name, source)
+            for name, value in raw.items()}
+
+
+def convert_fields(cls, raw: dict, where: str, owner: str = "", source: str = PARAMS_FILE) -> dict:
+    """Check a free-form mapping (e.g. `train.method_options`) against the fields of dataclass
+    `cls`: an unknown key or a value of the wrong type is a one-line ConfigError naming the key
+    path `<where>.<key>` (and `owner`, e.g. "method 'cdl_b'"). Returns the converted values."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {where}: expected a mapping, got {raw!r}")
+    fields = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in fields:
+            of = f" of {owner}" if owner else ""
+            raise ConfigError(f"{source}: {where}.{key}: unknown key{of} (allowed: "
+                              f"{', '.join(fields)})")
+    return _convert_values(cls, raw, where, source)

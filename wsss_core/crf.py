@@ -64,12 +64,14 @@ CRF_PRESETS = {
     # DuPL utils/dcrf.py
     "dupl": CrfSettings(iter_max=10, pos_w=1, pos_xy_std=1, bi_w=4, bi_xy_std=121, bi_rgb_std=5),
 }
-METHOD_CRF_PRESET = {"baseline": "deeplab", "cdl_b": "deeplab", "cdl_e": "deeplab", "dupl": "dupl"}
 
 
 def crf_settings(params: CrfParams, method: str) -> CrfSettings:
-    """The kernel for `method`: the preset (`auto` follows the method) with non-null overrides."""
-    preset = METHOD_CRF_PRESET[method] if params.preset == "auto" else params.preset
+    """The kernel for `method`: the preset (`auto`: the one of the method's registry record)
+    with non-null overrides."""
+    from .registry import get_method
+
+    preset = get_method(method).crf_preset if params.preset == "auto" else params.preset
     overrides = {f.name: getattr(params, f.name) for f in dataclasses.fields(CrfSettings)
                  if getattr(params, f.name) is not None}
     return dataclasses.replace(CRF_PRESETS[preset], **overrides)

@@ -16,12 +16,10 @@ import torch
 
 from .cli import progress
 from .data.datasets import Split
-from .data.transforms import to_bgr_mean_subtracted, to_imagenet_normalized
 from .distributed import Context, barrier
 from .io import read_image, write_logits, write_text
 
 MODEL_STAMP = ".model_sha256"
-NORMALIZERS = {"deeplab": to_bgr_mean_subtracted, "dupl": to_imagenet_normalized}
 
 
 def file_digest(path: Path) -> str:
@@ -53,11 +51,10 @@ def prepare_output(out_dir: Path, model_digest: str, ctx: Context) -> None:
 
 
 @torch.no_grad()
-def infer_logits(model: torch.nn.Module, predictors: dict, family: str, split: Split,
+def infer_logits(model: torch.nn.Module, predictors: dict, normalize, split: Split,
                  out_dirs: dict[str, Path], num_classes: int, ctx: Context,
                  dtype: str = "float16") -> int:
     """Write `<out_dirs[name]>/<id>.npy` for this rank's share of the split; returns files written."""
-    normalize = NORMALIZERS[family]
     model.eval()
     ids = split.ids[ctx.rank::ctx.world_size]
     written = 0

@@ -96,6 +96,33 @@ def scores_report(matrix: ConfusionMatrix, class_names, **info) -> dict:
             "per_class_iou": per_class}
 
 
+# what a metric file keeps of a report: `dvc metrics show` puts every file's keys side by side
+# in one table, so only the headline numbers go there; per-class IoU goes to the CSVs
+HEADLINE_KEYS = ("method", "split", "crf", "noise", "miou", "miou_no_crf", "pixel_acc",
+                 "predictor", "predictors_miou", "cam_miou")
+
+
+def headline(report: dict) -> dict:
+    """The headline entries of a `scores_report` (in `HEADLINE_KEYS` order), for a metric file."""
+    return {key: report[key] for key in HEADLINE_KEYS if key in report}
+
+
+def confusion_plot_rows(matrix: ConfusionMatrix, class_names, rows: int = 10_000) -> list[dict]:
+    """The confusion matrix as `{"actual", "predicted"}` rows for DVC's confusion templates:
+    each (GT, prediction) cell gets rows in proportion to its pixel count (`rows` in all, cells
+    rounding to none dropped), so `confusion_normalized` shows the per-class rates without one
+    row per pixel."""
+    counts = matrix.matrix.astype(np.float64)
+    total = counts.sum()
+    table = []
+    if total == 0:
+        return table
+    for gt, pred in zip(*np.nonzero(counts)):
+        table += [{"actual": class_names[gt], "predicted": class_names[pred]}] * int(
+            round(rows * counts[gt, pred] / total))
+    return table
+
+
 def per_class_csv(report: dict) -> str:
     """`class,iou` rows from a `scores_report` dict, for `dvc plots` (absent classes left empty)."""
     lines = ["class,iou"]

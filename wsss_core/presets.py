@@ -1,6 +1,6 @@
 """Named training configurations: the paper set-ups for GPU users and the CPU demo.
 
-`train.preset` in params.yaml picks one for the method's family; any `train.*` value that is not
+`train.preset` in params.yaml picks one of the method's (its registry record points here); any `train.*` value that is not
 null overrides it. `effective_train_config(params)` is the merged result the train and infer
 stages use (and record in metrics/train.json).
 
@@ -126,17 +126,15 @@ DUPL_PRESETS = {
 # whole batch (README "Differences from the original code"). Documentation only: nothing reads it.
 DUPL_PAPER_PROCESSES = {"voc": 2, "coco": 8}
 
-PRESETS = {"deeplab": DEEPLAB_PRESETS, "dupl": DUPL_PRESETS}
-
-
-def method_family(method: str) -> str:
-    return "dupl" if method == "dupl" else "deeplab"
-
 
 def effective_train_config(params: Params) -> dict:
-    """The preset of `train.preset` for the method's family, overridden by non-null `train.*`."""
-    family = method_family(params.method)
-    presets = PRESETS[family]
+    """The method's preset named by `train.preset` (presets come from the method's registry
+    record), adapted to the method where the preset says so, overridden by non-null `train.*`,
+    with the method options checked against the method's options class."""
+    from .registry import get_method, method_options
+
+    record = get_method(params.method)
+    presets = record.presets
     name = params.train.preset
     if name not in presets:
         raise ConfigError(f"params.yaml: train.preset: '{name}' is not a preset of method "
@@ -150,17 +148,5 @@ def effective_train_config(params: Params) -> dict:
     config["method_options"] = {**config.get("method_options", {}), **params.train.method_options}
     config["seed"] = params.seed
     config["preset"] = name
+    method_options(record, config["method_options"])  # a bad option fails before any data is read
     return config
-
-
-def method_options(options_class, options: dict, method: str, factory=None):
-    """Build a method's options dataclass (through `factory`, e.g. a dataset's defaults, if
-    given), turning an unknown key into a one-line ConfigError."""
-    import dataclasses
-
-    allowed = [f.name for f in dataclasses.fields(options_class)]
-    for key in options:
-        if key not in allowed:
-            raise ConfigError(f"params.yaml: unknown key 'train.method_options.{key}' for method "
-                              f"'{method}' (allowed: {', '.join(allowed)})")
-    return (factory or options_class)(**options)

@@ -23,34 +23,34 @@ and its numbers are reported at every level (`"uses_pseudo_labels": false`).
 """
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import math
 import multiprocessing
 import os
 import shutil
 import time
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import yaml
-
-from .config import PARAMS_FILE, Params, load_params
+from .config import Params, load_params
 from .errors import ConfigError, DataError
 from .io import atomic_path, read_json, write_json, write_text
-from .presets import method_family
+from .paths import RunPaths
+from .registry import get_method
 
 PSEUDO_DIR = Path("data/robustness/pseudo_labels")
 WORK_DIR = Path("data/robustness/work")
 RESULTS_DIR = Path("metrics/robustness")
 BENCHMARK_JSON = Path("metrics/benchmark.json")
 BENCHMARK_CSV = Path("metrics/benchmark.csv")
+BENCHMARK_SUMMARY = Path("metrics/benchmark_summary.json")
 BENCHMARK_PLOT = Path("metrics/plots/benchmark_miou_vs_noise.png")
 
 
 def uses_pseudo_labels(method: str) -> bool:
-    """DeepLab-family methods train on the pseudo labels; DuPL on image-level labels only."""
-    return method_family(method) == "deeplab"
+    """Whether `method` trains on the pseudo labels (DeepLab family) or on image-level labels
+    only (DuPL), as its registry record says."""
+    return get_method(method).uses_pseudo_labels
 
 
 def level_key(noise: float) -> str:
@@ -95,44 +95,33 @@ def make_pseudo_labels(noise: float) -> dict:
 
     _benchmark_params()
     params = load_params(overrides={"data.noise": float(noise)})
-    folder = pseudo_label_folder(noise)
-    publish_pseudo_labels(params, folder)
-    return score_pseudo_labels(params, folder, pseudo_label_scores(noise))
+    paths = dataclasses.replace(RunPaths.defaults(params), pseudo_labels=pseudo_label_folder(noise))
+    publish_pseudo_labels(params, paths)
+    return score_pseudo_labels(params, paths, out=pseudo_label_scores(noise))
 
 
-@contextlib.contextmanager
-def _working_directory(path: Path) -> Iterator[None]:
-    previous = Path.cwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(previous)
+def _cell_params(method: str, noise: float, seed: int) -> Params:
+    """params of a cell: the repository's, with the cell's method, seed and noise, one process
+    (side-by-side cells already fill the cores) and no CRF overlays."""
+    return load_params(overrides={"method": method, "seed": int(seed), "data.noise": float(noise),
+                                  "train.nproc": 1, "infer.nproc": 1, "crf.overlays": 0})
 
 
-def _link(link: Path, target: Path) -> None:
-    link.parent.mkdir(parents=True, exist_ok=True)
-    if link.is_symlink() or link.exists():
-        link.unlink()
-    link.symlink_to(target.resolve(), target_is_directory=True)
-
-
-def _cell_params(method: str, noise: float, seed: int) -> dict:
-    """params.yaml of a cell: the repository's, with the cell's method, seed and noise, one
-    process (side-by-side cells already fill the cores) and no CRF overlays."""
-    raw = yaml.safe_load(Path(PARAMS_FILE).read_text(encoding="utf-8")) or {}
-    raw["method"], raw["seed"] = method, int(seed)
-    raw.setdefault("data", {})["noise"] = float(noise)
-    raw.setdefault("train", {})["nproc"] = 1
-    raw.setdefault("infer", {})["nproc"] = 1
-    raw.setdefault("crf", {})["overlays"] = 0
-    raw.pop("benchmark", None)
-    return raw
+def cell_paths(params: Params, method: str, noise: float | None, seed: int) -> RunPaths:
+    """A cell reads the shared prepared data and its level's pseudo labels, and writes its
+    model, logits, predictions and metrics into its own scratch folder (kept only while the cell
+    is unfinished: its checkpoints resume it)."""
+    work = WORK_DIR / cell_name(method, noise, seed)
+    defaults = RunPaths.defaults(params)
+    return dataclasses.replace(
+        defaults, model_dir=work / "model", logits=work / "logits",
+        predictions=work / "predictions", metrics=work / "metrics",
+        pseudo_labels=pseudo_label_folder(noise) if uses_pseudo_labels(method)
+        else defaults.pseudo_labels)
 
 
 def run_cell(method: str, noise: float | None, seed: int) -> dict:
     """Train, infer and CRF one configuration; returns (and writes) its scores."""
-    from .data.datasets import prepared_dir
     from .pipeline import run_crf, run_inference, run_training
 
     params = _benchmark_params()
@@ -140,30 +129,17 @@ def run_cell(method: str, noise: float | None, seed: int) -> dict:
         noise = params.data.noise  # unused by the method; recorded for completeness
     elif noise is None:
         raise ConfigError(f"robustness: method '{method}' needs a noise level")
-    name = cell_name(method, noise, seed)
-    root = Path.cwd()
-    work = WORK_DIR / name
-    work.mkdir(parents=True, exist_ok=True)
-    prepared = prepared_dir(params)
-    if not prepared.is_dir():
-        raise DataError(prepared, "prepared dataset not found (run the prepare_data stage)")
-    _link(work / prepared, prepared)
-    if uses_pseudo_labels(method):
-        labels = pseudo_label_folder(noise)
-        if not labels.is_dir():
-            raise DataError(labels, "pseudo labels of this noise level not found (run the "
-                                    "robustness pseudo_labels stage)")
-        _link(work / "data" / "pseudo_labels" / params.pseudo_labels.name, labels)
-    cell_params = _cell_params(method, noise, seed)
-    with atomic_path(work / PARAMS_FILE) as tmp:
-        tmp.write_text(yaml.safe_dump(cell_params, sort_keys=False), encoding="utf-8")
-
+    cell = _cell_params(method, noise, seed)
+    paths = cell_paths(cell, method, noise, seed)
+    if not paths.prepared.is_dir():
+        raise DataError(paths.prepared, "prepared dataset not found (run the prepare_data stage)")
+    if uses_pseudo_labels(method) and not paths.pseudo_labels.is_dir():
+        raise DataError(paths.pseudo_labels, "pseudo labels of this noise level not found (run "
+                                             "the robustness pseudo_labels stage)")
     started = time.time()
-    with _working_directory(work):
-        cell = load_params()
-        summary = run_training(cell)
-        scores = run_inference(cell)
-        crf = run_crf(cell)
+    summary = run_training(cell, paths)
+    scores = run_inference(cell, paths)
+    crf = run_crf(cell, paths)
     finished = time.time()
     result = {
         "method": method, "noise": float(noise), "seed": int(seed),
@@ -177,8 +153,8 @@ def run_cell(method: str, noise: float | None, seed: int) -> dict:
     for key in ("predictor", "predictors_miou", "cam_miou"):  # DuPL's two students
         if key in scores:
             result[key] = scores[key]
-    write_json(root / cell_result_path(method, noise, seed), result)
-    shutil.rmtree(work)  # kept only while the cell is unfinished (its checkpoints resume it)
+    write_json(cell_result_path(method, noise, seed), result)
+    shutil.rmtree(WORK_DIR / cell_name(method, noise, seed))
     return result
 
 
@@ -209,9 +185,10 @@ def run_cells(method: str, noise: float | None) -> list[dict]:
     grid = _benchmark_params().benchmark
     seeds = list(grid.seeds)
     jobs = min(grid.jobs, len(seeds))
+    threads = grid.threads
     if jobs == 1:
+        _share_cores(threads)
         return [run_cell(method, noise, seed) for seed in seeds]
-    threads = max(1, (os.cpu_count() or 1) // jobs)
     results, failures = [], []
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_share_cores, initargs=(threads,)) as pool:
@@ -278,6 +255,15 @@ def benchmark_wall_time(runs: list[dict]) -> dict:
             "stages": round(sum(end - start for start, end in spans.values()), 1)}
 
 
+def headline_summary(summary: dict, methods: list[str]) -> dict:
+    """The benchmark's metric for `dvc metrics show`: at the default noise level, the pseudo
+    labels' mIoU and each method's mean val mIoU with CRF (the whole grid is benchmark.json and
+    benchmark.csv, plain outputs)."""
+    level = summary["levels"][summary["default_noise"]]
+    return {"noise": float(summary["default_noise"]), "pseudo_labels": level["pseudo_labels"]["miou"],
+            **{method: level[method]["miou_crf_mean"] for method in methods if method in level}}
+
+
 def benchmark_csv(summary: dict, methods: list[str]) -> str:
     """One row per noise level: the pseudo labels' mIoU and each method's mean mIoU (CRF)."""
     header = ["noise", "pseudo_labels"] + [f"{m}{suffix}" for m in methods
@@ -339,6 +325,7 @@ def write_report() -> dict:
     summary = summarize(runs, pseudo, params.data.noise, methods)
     summary["wall_time_s"] = benchmark_wall_time(runs)
     write_json(BENCHMARK_JSON, summary)
+    write_json(BENCHMARK_SUMMARY, headline_summary(summary, methods))
     write_text(BENCHMARK_CSV, benchmark_csv(summary, methods))
     plot_benchmark(summary, methods, BENCHMARK_PLOT)
     return summary

@@ -13,10 +13,8 @@ from ..errors import ConfigError
 from ..io import read_id_list
 from .classes import DATASET_CLASSES
 
-PREPARED_DIR = Path("data/prepared")
-PSEUDO_LABEL_DIR = Path("data/pseudo_labels")
-# the synthetic dataset is generated in VOC layout here by the prepare stage
-SYNTHETIC_ROOT = PREPARED_DIR / "synthetic" / "VOC2012"
+# the synthetic dataset is generated in VOC layout in this folder of the prepare stage's output
+SYNTHETIC_FOLDER = "VOC2012"
 SPLITS = ("train", "val", "test")
 
 
@@ -63,11 +61,14 @@ def voc_layout_split(root: Path, split: str, image_dir: str = "JPEGImages",
     )
 
 
-def resolve_split(params: Params, split: str) -> Split:
+def resolve_split(params: Params, split: str, prepared: Path | None = None) -> Split:
+    """A split of the configured dataset; the synthetic one lives in the prepare stage's output
+    `prepared` (default data/prepared/synthetic)."""
     if split not in SPLITS:
         raise ConfigError(f"unknown split '{split}' (allowed: {', '.join(SPLITS)})")
     if params.dataset == "synthetic":
-        return voc_layout_split(SYNTHETIC_ROOT, split)
+        prepared = Path("data/prepared/synthetic") if prepared is None else Path(prepared)
+        return voc_layout_split(prepared / SYNTHETIC_FOLDER, split)
     if params.dataset == "voc12":
         cfg = params.data.voc12
         lists = {"train": cfg.train_list, "val": cfg.val_list, "test": cfg.test_list}
@@ -86,33 +87,5 @@ def resolve_split(params: Params, split: str) -> Split:
     )
 
 
-def prepared_dir(params: Params) -> Path:
-    """The prepare stage's output folder for the configured dataset."""
-    return PREPARED_DIR / params.dataset
-
-
-def class_labels_path(params: Params) -> Path:
-    """Image-level labels of every train/val image, written by the prepare stage."""
-    return prepared_dir(params) / "cls_labels.json"
-
-
-def pseudo_label_dir(params: Params) -> Path:
-    return PSEUDO_LABEL_DIR / params.pseudo_labels.name
-
-
 def class_names(params: Params) -> tuple[str, ...]:
     return DATASET_CLASSES[params.dataset]
-
-
-LOGITS_DIR = Path("data/logits")
-PREDICTIONS_DIR = Path("data/predictions")
-
-
-def logits_dir(params: Params, split: str = "val") -> Path:
-    """Where the inference stage writes `<id>.npy` logits (C, h, w) of the configured method."""
-    return LOGITS_DIR / params.method / split
-
-
-def predictions_dir(params: Params, split: str = "val") -> Path:
-    """Where the CRF stage writes its `<id>.png` predictions."""
-    return PREDICTIONS_DIR / params.method / split

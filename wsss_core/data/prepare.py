@@ -18,7 +18,7 @@ from ..config import Params
 from ..errors import DataError
 from ..io import atomic_dir, image_size, read_label, write_id_list, write_json
 from .classes import classes_in_label, read_class_labels, write_class_labels
-from .datasets import SYNTHETIC_ROOT, Split, prepared_dir, resolve_split, voc_layout_split
+from .datasets import SYNTHETIC_FOLDER, Split, resolve_split, voc_layout_split
 
 def _check_chunk(split: Split, ids: list[str], num_classes: int) -> dict[str, list[int]]:
     """Check one chunk of ids; return their image-level labels derived from the GT."""
@@ -58,16 +58,17 @@ def _convert_coco_masks(params: Params) -> None:
             write_id_list(split.list_file, coco_image_ids(ann))
 
 
-def prepare_dataset(params: Params) -> dict:
-    """Run the prepare stage for `params.dataset`; returns the summary it writes."""
+def prepare_dataset(params: Params, out: Path) -> dict:
+    """Run the prepare stage for `params.dataset` into `out` (replaced as a whole); returns the
+    summary it writes."""
     num_classes = params.num_classes
-    out = prepared_dir(params)
+    out = Path(out)
     with atomic_dir(out) as tmp:
         if params.dataset == "synthetic":
             from .synthetic import generate_dataset
 
-            generate_dataset(tmp / SYNTHETIC_ROOT.name, params.data.synthetic)
-            splits = {name: voc_layout_split(tmp / SYNTHETIC_ROOT.name, name) for name in ("train", "val")}
+            generate_dataset(tmp / SYNTHETIC_FOLDER, params.data.synthetic)
+            splits = {name: voc_layout_split(tmp / SYNTHETIC_FOLDER, name) for name in ("train", "val")}
             n_jobs, given_labels = 1, ""
         else:
             if params.dataset == "coco14" and params.data.coco14.convert:
@@ -81,7 +82,7 @@ def prepare_dataset(params: Params) -> dict:
             derived = check_split(split, num_classes, n_jobs=n_jobs)
             class_labels.update(derived)
             summary["splits"][name] = {"images": len(derived),
-                                       "list": str(resolve_split(params, name).list_file)}
+                                       "list": str(resolve_split(params, name, out).list_file)}
         if given_labels:
             # users of DuPL/ToCo may bring their own cls_labels file; it must cover every image
             given = read_class_labels(given_labels, num_classes)

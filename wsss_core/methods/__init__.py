@@ -3,11 +3,11 @@
 A method is its model heads plus its losses; `create_method(name, num_classes, config)` returns a
 `TrainingMethod` built from the effective training configuration (preset + overrides, see
 `wsss_core.presets`). The DeepLab family (baseline, cdl_b, cdl_e) shares one adapter; DuPL has its
-own. Both expose the same things to `wsss_core.train` and `wsss_core.infer`.
+own. Both expose the same things to `wsss_core.train`; what else the pipeline needs to know of a
+method (its data, normalisation, CRF preset, predictors) is in its `wsss_core.registry` record.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -16,7 +16,6 @@ from torch import nn
 
 class TrainingMethod(Protocol):
     name: str
-    family: str                       # "deeplab" | "dupl": which data pipeline feeds it
     needs_strong_view: bool           # the dataset adds `strong_image` to each sample
     find_unused_parameters: bool      # for DDP: some parameters get no gradient in some phases
 
@@ -33,20 +32,9 @@ class TrainingMethod(Protocol):
         """Total loss of one (micro-)batch and its named terms for logging. `model` may be the
         DDP wrapper: call it, do not reach into it, for anything that needs gradients."""
 
-    def predictors(self) -> dict[str, Callable[[nn.Module, torch.Tensor], torch.Tensor]]:
-        """Test-time logits functions by name (one for DeepLab/CDL; one per student for DuPL):
-        `fn(model, images (1, 3, H, W) normalised) -> (1, C, h, w)` logits."""
-
 
 def create_method(name: str, num_classes: int, config: dict) -> TrainingMethod:
-    if name in ("baseline", "cdl_b", "cdl_e"):
-        from .deeplab_family import DeepLabFamily
+    """The training adapter of method `name` (looked up in `wsss_core.registry`)."""
+    from ..registry import get_method
 
-        return DeepLabFamily(name, num_classes, config)
-    if name == "dupl":
-        from .dupl import DuplMethod
-
-        return DuplMethod(num_classes, config)
-    from ..errors import ConfigError
-
-    raise ConfigError(f"unknown method '{name}' (allowed: baseline, cdl_b, cdl_e, dupl)")
+    return get_method(name).create(name, num_classes, config)

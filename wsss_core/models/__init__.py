@@ -1,7 +1,7 @@
 """Model registry and weight loading.
 
-`build_model(method, num_classes, **model_params)` looks the method up in `MODEL_BUILDERS`
-(a plain dict name → builder) and checks `model_params` against the builder's keyword arguments,
+`build_model(method, num_classes, **model_params)` looks the method's builder up in its
+`wsss_core.registry` record and checks `model_params` against the builder's keyword arguments,
 so a misspelt parameter is a one-line `ConfigError`.
 
 `load_init_weights` loads backbone init weights (e.g. the Caffe-converted DeepLab ResNet-101,
@@ -21,37 +21,17 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, DataError, WsssError
-from .deeplab_v2 import MSC, MscOutputs, build_baseline, build_cdl_b, build_cdl_e
+from .deeplab_v2 import MSC, MscOutputs
 from .resnet import freeze_batchnorm
 
 
-def _build_dupl(num_classes: int, **params: Any) -> nn.Module:
-    from .vit_seg import build_dupl_model  # imported lazily: pulls in timm
-
-    return build_dupl_model(num_classes, **params)
-
-
-MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {
-    "baseline": build_baseline,
-    "cdl_b": build_cdl_b,
-    "cdl_e": build_cdl_e,
-    "dupl": _build_dupl,
-}
-
-
-def _builder_signature(method: str) -> inspect.Signature:
-    if method == "dupl":
-        from .vit_seg import build_dupl_model
-
-        return inspect.signature(build_dupl_model)
-    return inspect.signature(MODEL_BUILDERS[method])
-
-
 def build_model(method: str, num_classes: int, **model_params: Any) -> nn.Module:
-    """Build the network of `method` (baseline | cdl_b | cdl_e | dupl) for `num_classes`."""
-    if method not in MODEL_BUILDERS:
-        raise ConfigError(f"unknown method '{method}' (allowed: {', '.join(MODEL_BUILDERS)})")
-    parameters = _builder_signature(method).parameters
+    """Build the network of `method` (its registry record's builder) for `num_classes`; a model
+    parameter the builder does not take is a one-line ConfigError."""
+    from ..registry import get_method
+
+    builder = get_method(method).build_model
+    parameters = inspect.signature(builder).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     allowed = [name for name in parameters if name != "num_classes"
                and parameters[name].kind is not inspect.Parameter.VAR_KEYWORD]
@@ -59,7 +39,7 @@ def build_model(method: str, num_classes: int, **model_params: Any) -> nn.Module
         if not takes_any and name not in allowed:
             raise ConfigError(f"model parameter '{name}' is not used by method '{method}' "
                               f"(allowed: {', '.join(allowed)})")
-    return MODEL_BUILDERS[method](num_classes, **model_params)
+    return builder(num_classes, **model_params)
 
 
 # --------------------------------------------------------------------------- weights
@@ -184,5 +164,5 @@ def load_checkpoint(model: nn.Module, source: str | Path | Mapping[str, torch.Te
     return _load_into(unwrap(model), state, where, strict=strict)
 
 
-__all__ = ["MODEL_BUILDERS", "build_model", "LoadReport", "load_init_weights", "load_checkpoint",
+__all__ = ["build_model", "LoadReport", "load_init_weights", "load_checkpoint",
            "read_state_dict", "unwrap", "freeze_batchnorm", "MSC", "MscOutputs"]

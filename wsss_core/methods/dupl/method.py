@@ -168,9 +168,9 @@ class DuplMethod:
         self.num_classes = num_classes
         self.config = dict(config)
         base = DuplConfig.coco if config.get("schedule", "voc") == "coco" else DuplConfig.voc
-        from ...presets import method_options
+        from ...registry import get_method, method_options
 
-        cfg = method_options(DuplConfig, config.get("method_options", {}), "dupl", factory=base)
+        cfg = method_options(get_method("dupl"), config.get("method_options", {}), factory=base)
         if cfg.max_iters != config["iterations"]:
             cfg = cfg.rescaled(config["iterations"], crop_size=config["crop"])
         cfg.validate()
