@@ -18,13 +18,15 @@ from pathlib import Path
 import torch
 
 from wsss_core.config import load_params
-from wsss_core.data.datasets import pseudo_label_dir, resolve_split
+from wsss_core.data.datasets import resolve_split
 from wsss_core.data.train_set import TrainSet
 from wsss_core.methods import create_method
 from wsss_core.methods.baseline import resize_labels
 from wsss_core.methods.cdl import update_labels
 from wsss_core.metrics import ConfusionMatrix
+from wsss_core.paths import RunPaths
 from wsss_core.presets import effective_train_config
+from wsss_core.registry import get_method
 from wsss_core.schedules import set_lr_factor
 
 
@@ -41,12 +43,11 @@ def main() -> None:
     family = create_method(args.method, params.num_classes, config)
     cdl = family.method
     split = resolve_split(params, "train")
-    labels_dir = Path(args.labels) if args.labels else pseudo_label_dir(params)
-    common = dict(scales=config["train_scales"], strong_view=family.needs_strong_view)
-    noisy = TrainSet(split, "deeplab", params.num_classes, config["crop"], args.seed,
-                     label_dir=labels_dir, **common)
-    truth = TrainSet(split, "deeplab", params.num_classes, config["crop"], args.seed,
-                     label_dir=split.gt_dir, **common)
+    labels_dir = Path(args.labels) if args.labels else RunPaths.defaults(params).pseudo_labels
+    record = get_method(args.method)
+    noisy, truth = (TrainSet(split, record, params.num_classes, config, args.seed, labels,
+                             strong_view=family.needs_strong_view)
+                    for labels in (labels_dir, split.gt_dir))
 
     torch.manual_seed(args.seed)
     model = family.build_model()

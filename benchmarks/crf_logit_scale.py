@@ -15,8 +15,9 @@ from pathlib import Path
 
 from wsss_core.config import load_params
 from wsss_core.crf import crf_settings, refine_split
-from wsss_core.data.datasets import logits_dir, resolve_split
+from wsss_core.data.datasets import resolve_split
 from wsss_core.io import read_logits, write_logits
+from wsss_core.paths import RunPaths
 
 
 def main() -> None:
@@ -26,7 +27,7 @@ def main() -> None:
     params = load_params()
     split = resolve_split(params, "val")
     settings = crf_settings(params.crf, params.method)
-    source = logits_dir(params, "val")
+    source = RunPaths.defaults(params).logits_dir("val")
     for factor in args.factors:
         with tempfile.TemporaryDirectory() as tmp:
             scaled = Path(tmp) / "logits"

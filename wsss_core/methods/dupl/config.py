@@ -90,7 +90,7 @@ class DuplConfig:
                 self.gmm_min_samples * (crop_size / reference_crop) ** 2)))
         return dataclasses.replace(self, **changes)
 
-    def validate(self, where: str = "dupl") -> None:
+    def validate(self, where: str = "train.method_options") -> None:
         def check(ok: bool, key: str, problem: str) -> None:
             if not ok:
                 raise ConfigError(f"params.yaml: {where}.{key}: {problem}")
@@ -113,7 +113,7 @@ class DuplConfig:
         if len(end) == 1:
             end = end * num_fg
         if len(end) != num_fg:
-            raise ConfigError(f"params.yaml: dupl.thre_end: has {len(end)} values, the dataset "
+            raise ConfigError(f"params.yaml: train.method_options.thre_end: has {len(end)} values, the dataset "
                               f"has {num_fg} foreground classes (give one value or one per class)")
         start = torch.full((num_fg,), self.thre_start, dtype=torch.float32, device=device)
         return start, torch.tensor(end, dtype=torch.float32, device=device)

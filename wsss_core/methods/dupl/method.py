@@ -159,7 +159,6 @@ class DuplMethod:
     to `iterations` when that differs) and `method_options` (any `DuplConfig` field)."""
 
     name = "dupl"
-    family = "dupl"
     needs_strong_view = True
     # the unused ImageNet head and the terms switched off in early phases get no gradient
     find_unused_parameters = True
@@ -198,16 +197,6 @@ class DuplMethod:
         inputs = {"images": batch["image"], "cls_labels": batch["cls_label"],
                   "img_box": batch["img_box"], "strong_images": batch.get("strong_image")}
         return compute_loss(model, inputs, iteration, self.cfg)
-
-    def predictors(self):
-        """Both students, stored on the stride-8 grid like the DeepLab methods' logits."""
-        def student(index: int):
-            def run(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-                height, width = images.shape[-2:]
-                grid = (-(-height // 8), -(-width // 8))
-                return predict(model, images, student=index, output_size=grid)
-            return run
-        return {"student1": student(1), "student2": student(2)}
 
     @torch.no_grad()
     def cam_matrices(self, model: nn.Module, split, class_labels: Mapping[str, list[int]],

@@ -5,8 +5,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...data.transforms import (dupl_color_pipeline, dupl_strong_view, dupl_train_crop,
-                                to_imagenet_normalized)
+from ...data.transforms import dupl_color_pipeline, dupl_strong_view, dupl_train_crop, to_imagenet_normalized
 from ...models.vit_seg import build_dupl_model
 from ...presets import DUPL_PRESETS
 from ...registry import MethodRecord, register_method
