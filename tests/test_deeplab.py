@@ -244,7 +244,7 @@ def test_load_errors(tmp_path):
         load_init_weights(tiny("baseline"), tmp_path / "missing.pth")
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(DataError, match="bad.pth: cannot read weights"):
+    with pytest.raises(DataError, match="bad.pth: not a PyTorch weights file"):
         load_init_weights(tiny("baseline"), bad)
     checkpoint = tmp_path / "ckpt21.pth"
     torch.save(tiny("baseline", num_classes=21).state_dict(), checkpoint)

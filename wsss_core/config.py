@@ -172,11 +172,14 @@ class TrainParams:
     log_every: int | None = None
     num_workers: int | None = None
     init_weights: str | None = None    # local file; nothing is downloaded
+    # least share of the backbone's keys init_weights must supply (0 = load partially on
+    # purpose); DuPL's ViT weights must match every key
+    init_min_share: float | None = None
     # fields of the method's options (CdlConfig / BaselineConfig / DuplConfig), over the preset's
     method_options: dict = field(default_factory=dict)
 
     _PRESET_KEYS = ("iterations", "batch_size", "iter_size", "crop", "lr", "checkpoint_every",
-                    "log_every", "num_workers", "init_weights")
+                    "log_every", "num_workers", "init_weights", "init_min_share")
 
     def overrides(self) -> dict:
         return {k: getattr(self, k) for k in self._PRESET_KEYS if getattr(self, k) is not None}
@@ -187,6 +190,8 @@ class TrainParams:
             value = getattr(self, key)
             _check(value is None or value >= 1, f"{where}.{key}", "must be >= 1")
         _check(self.lr is None or self.lr > 0, f"{where}.lr", "must be > 0")
+        _check(self.init_min_share is None or 0 <= self.init_min_share <= 1,
+               f"{where}.init_min_share", "must be in [0, 1]")
 
 
 @dataclass

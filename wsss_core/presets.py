@@ -23,6 +23,7 @@ _DEEPLAB_COMMON = {
     "train_scales": [0.5, 0.75, 1.0, 1.25, 1.5],
     "num_workers": 2,
     "method_options": {},
+    "init_min_share": 0.5,  # init_weights must supply at least half of the backbone's keys
 }
 _RESNET101 = {"blocks": [3, 4, 23, 3], "width": 64, "freeze_bn": True}
 

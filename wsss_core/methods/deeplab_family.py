@@ -45,7 +45,8 @@ class DeepLabFamily:
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.momentum = 0.1
         if self.config.get("init_weights"):
-            report = load_init_weights(model, self.config["init_weights"])
+            report = load_init_weights(model, self.config["init_weights"],
+                                       min_share=self.config.get("init_min_share", 0.0))
             if is_main_process():
                 print(report.summary(), flush=True)
         return model

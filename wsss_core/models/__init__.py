@@ -13,9 +13,10 @@ default. Both return a `LoadReport` naming the missing and unexpected keys; a sh
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -79,6 +80,17 @@ def _strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torc
     return state
 
 
+def _torch_load_problem(exc: Exception) -> str:
+    """What torch.load found wrong, without its advice to retry with weights_only=False (which
+    would only run the file's pickled code; a weights file never needs it)."""
+    text = str(exc).strip()
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1].strip()
+    first = text.splitlines()[0].strip() if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
 def read_state_dict(source: str | Path | Mapping[str, torch.Tensor], kind: str = "weights"
                     ) -> tuple[dict[str, torch.Tensor], str]:
     """A state dict from a mapping or a local `.pth` (read with weights_only=True) or
@@ -94,16 +106,20 @@ def read_state_dict(source: str | Path | Mapping[str, torch.Tensor], kind: str =
         if not path.is_file():
             raise DataError(path, f"{kind} file not found (nothing is downloaded; give a local "
                                   ".pth or .safetensors file)")
-        try:
-            if path.suffix == ".safetensors":
+        if path.suffix == ".safetensors":
+            try:
                 from safetensors.torch import load_file
 
                 obj = load_file(str(path), device="cpu")
-            else:
+            except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+                detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise DataError(path, f"cannot read {kind} ({detail})") from None
+        else:
+            try:
                 obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise DataError(path, f"cannot read {kind} ({detail})") from None
+            except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+                raise DataError(path, f"not a PyTorch {kind} file ({_torch_load_problem(exc)})"
+                                ) from None
     if isinstance(obj, Mapping) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
         nested = next((obj[k] for k in ("state_dict", "model") if isinstance(obj.get(k), Mapping)),
                       None)
@@ -138,13 +154,15 @@ def _load_into(target: nn.Module, state: dict[str, torch.Tensor], where: str,
     return report
 
 
-def load_init_weights(model: nn.Module, source: str | Path | Mapping[str, torch.Tensor]
-                      ) -> LoadReport:
+def load_init_weights(model: nn.Module, source: str | Path | Mapping[str, torch.Tensor],
+                      min_share: float = 0.0) -> LoadReport:
     """Load backbone init weights into `model.base` (or `model` if it has no `base`),
     non-strictly, as the original `model.base.load_state_dict(init, strict=False)`.
 
     Keys may come with or without the `base.` prefix. BatchNorm `num_batches_tracked` counters
-    absent from the file are not reported as missing (frozen BN never reads them)."""
+    absent from the file are not reported as missing (frozen BN never reads them). A file that
+    supplies fewer than `min_share` of those keys (a wrong file, or another architecture's: the
+    run would silently train from scratch) is a `DataError` with the counts; 0 accepts any."""
     state, where = read_state_dict(source)
     target = unwrap(model)
     prefix = ""
@@ -153,6 +171,13 @@ def load_init_weights(model: nn.Module, source: str | Path | Mapping[str, torch.
         state = _strip_prefix(state, "base.")
     report = _load_into(target, state, where, key_prefix=prefix)
     report.missing = [k for k in report.missing if not k.endswith("num_batches_tracked")]
+    matched = sum(1 for k in report.loaded if not k.endswith("num_batches_tracked"))
+    total = matched + len(report.missing)
+    if total and matched < min_share * total:
+        raise DataError(where, f"init weights match only {matched} of the model's {total} keys "
+                               f"({matched / total:.0%}; train.init_min_share asks for at least "
+                               f"{min_share:.0%}): wrong file or architecture? (0 allows partial "
+                               "loading on purpose)")
     return report
 
 
