@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from wsss_core.data.coco import category_map, coco_image_ids, convert_coco, render_mask
+from wsss_core.data.coco import DIGEST_KEY, category_map, coco_image_ids, convert_coco, render_mask
 from wsss_core.errors import DataError
-from wsss_core.io import voc_palette
+from wsss_core.io import voc_palette, write_label
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_PYTHON = REPO / ".venv/bin/python"
@@ -191,6 +191,36 @@ def test_resume_keeps_valid_and_rewrites_invalid(ann_file, tmp_path):
     for path, data in originals.items():
         assert path.read_bytes() == data, path.name
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+
+
+def test_changed_annotations_rewrite_their_masks(ann_file, tmp_path):
+    out = tmp_path / "masks"
+    convert_coco(ann_file, out, progress=False)
+    kept = {p.name: os.stat(p) for p in out.iterdir()}
+    data = instances_json()
+    fixed = next(a for a in data["annotations"] if a["id"] == 10)
+    fixed["segmentation"] = [rect_polygon(10, 10, 16, 16)]  # image 42: the class-12 box moved
+    ann_file.write_text(json.dumps(data))
+    summary = convert_coco(ann_file, out, progress=False)
+    assert (summary["written"], summary["skipped"]) == (1, 3)
+    expected = np.zeros((H, W), np.uint8)
+    expected[10:16, 10:16] = 12
+    expected[3:9, 3:9] = 25
+    np.testing.assert_array_equal(read_png(out / "COCO_train2014_000000000042.png"), expected)
+    for name, before in kept.items():
+        if name != "COCO_train2014_000000000042.png":
+            after = os.stat(out / name)
+            assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns), name
+
+    # a mask without a digest (written by an older version, or by hand) is rendered again
+    stale = out / "COCO_train2014_000000000009.png"
+    write_label(stale, read_png(stale))
+    assert convert_coco(ann_file, out, progress=False)["written"] == 1
+    assert Image.open(stale).info[DIGEST_KEY]
+
+    # so is every mask under another crowd policy: the crowd of image 25 becomes class 1
+    assert convert_coco(ann_file, out, progress=False, crowd="class")["written"] == 4
+    assert read_png(out / "COCO_train2014_000000000025.png")[14, 14] == 1
 
 
 def _broken(data: dict, change) -> dict:

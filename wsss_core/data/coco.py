@@ -13,26 +13,33 @@ writes from an `instances_{train,val}2014.json` with pycocotools:
   (`crowd="ignore"`, default); `crowd="class"` paints them like any instance (coco2voc's
   behaviour) and `crowd="background"` drops them;
 - every image of the file gets a PNG, all background when it has no annotation;
-- the whole file is validated before anything is written; existing valid masks are kept, so an
-  interrupted run resumes; each mask is written atomically and byte-identically across runs.
+- the whole file is validated before anything is written; each mask is written atomically and
+  byte-identically across runs and carries (in a PNG text chunk, `DIGEST_KEY`) a digest of what it
+  was rendered from: the image's size, its annotations and the crowd policy. An existing valid
+  mask with the same digest is kept, so an interrupted run resumes, and a mask whose annotations
+  changed (or that an older version wrote without a digest) is rendered again.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import warnings
 from pathlib import Path
 
 import numpy as np
 from joblib import Parallel, delayed, effective_n_jobs
+from PIL import Image, PngImagePlugin
 from pycocotools import mask as mask_utils
 
 from ..cli import progress as progress_bar
 from ..errors import DataError
-from ..io import IGNORE_INDEX, read_json, read_label, write_label
+from ..io import IGNORE_INDEX, atomic_path, label_to_png_image, read_json, read_label
 
 MAX_CATEGORIES = 80
 CROWD_POLICIES = ("ignore", "class", "background")
 _MIN_POLYGON_COORDS = 6  # three points; fewer has no area (and pycocotools reads 4 numbers as a box)
+DIGEST_KEY = "wsss-coco-annotations"  # the masks' PNG text chunk holding annotations_digest()
 
 
 # --------------------------------------------------------------------------- public helpers
@@ -66,7 +73,8 @@ def convert_coco(
     """Write `<out_dir>/<file_name stem>.png` for every image of a COCO instances file.
 
     Existing valid masks (decodable single-channel PNG of the image's size with class ids in
-    range) are skipped, anything else at a mask's path is rewritten. `crowd` chooses what crowd
+    range) rendered from the same annotations (their digest) are skipped, anything else at a
+    mask's path is rewritten. `crowd` chooses what crowd
     regions become (see the module docstring). Returns a summary: images, written, skipped,
     annotations, crowd_annotations, empty_images (images without annotations), categories.
     """
@@ -162,29 +170,47 @@ def _to_rle(segmentation, height: int, width: int):
     return segmentation
 
 
-def _existing_is_valid(path: Path, height: int, width: int, num_classes: int) -> bool:
+def annotations_digest(height: int, width: int, annotations, crowd: str) -> str:
+    """Identifies what one mask is rendered from (`render_mask`'s arguments)."""
+    blob = json.dumps([height, width, crowd, annotations], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _existing_is_current(path: Path, height: int, width: int, num_classes: int,
+                         digest: str) -> bool:
     if not path.is_file():
         return False
     try:
+        with Image.open(path) as img:  # text chunks before the pixels are read with the header
+            if img.info.get(DIGEST_KEY) != digest:
+                return False
         read_label(path, num_classes, expected_hw=(height, width))
-    except DataError:
+    except (DataError, OSError, SyntaxError, ValueError):
         return False
     return True
 
 
+def _write_mask(path: Path, label: np.ndarray, digest: str) -> None:
+    info = PngImagePlugin.PngInfo()
+    info.add_text(DIGEST_KEY, digest)
+    with atomic_path(path) as tmp:
+        label_to_png_image(label).save(tmp, "PNG", pnginfo=info)
+
+
 def _convert_chunk(annotation_json: str, out_dir: Path, chunk, num_classes: int, crowd: str):
     written = skipped = 0
-    for stem, height, width, annotations in chunk:
+    for stem, height, width, image_annotations in chunk:
         dest = out_dir / f"{stem}.png"
-        if _existing_is_valid(dest, height, width, num_classes):
+        digest = annotations_digest(height, width, image_annotations, crowd)
+        if _existing_is_current(dest, height, width, num_classes, digest):
             skipped += 1
             continue
         try:
-            label = render_mask(height, width, annotations, crowd)
+            label = render_mask(height, width, image_annotations, crowd)
         except Exception as exc:  # pycocotools raises bare Exception/TypeError on bad input
             raise DataError(annotation_json,
                             f"image {stem}: cannot decode a segmentation ({exc})") from None
-        write_label(dest, label)
+        _write_mask(dest, label, digest)
         written += 1
     return written, skipped
 
