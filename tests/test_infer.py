@@ -1,6 +1,7 @@
 """Inference writes one (C, h, w) float16 file per image, skips valid ones, and forgets files
 written by another model."""
 import numpy as np
+import pytest
 import torch
 
 from wsss_core.data.datasets import voc_layout_split
@@ -47,3 +48,31 @@ def test_infer_writes_resumes_and_discards_foreign_files(voc_root, tmp_path):
     # another model's files are discarded before inference
     prepare_output(out, "model-b", CPU)
     assert sorted(p.name for p in out.iterdir()) == [MODEL_STAMP]
+
+
+def test_changed_or_corrupt_image_invalidates_its_logits(voc_root, tmp_path):
+    from wsss_core.errors import DataError
+    from wsss_core.io import read_image, write_image
+
+    split = voc_layout_split(voc_root, "val")
+    torch.manual_seed(0)
+    model = _method().build_model()
+    out = tmp_path / "logits"
+
+    def infer():
+        prepare_output(out, "model-a", CPU)
+        return infer_logits(model, RECORD.predictors({}), RECORD.normalize, split, {"main": out}, 21, CPU)
+
+    assert infer() == 2
+    untouched = (out / "b1.npy").stat()
+    assert infer() == 0  # same model, same images: everything reused
+    changed = 255 - read_image(split.image_path("b2"))
+    write_image(split.image_path("b2"), changed)
+    assert infer() == 1  # only b2 again, from its new pixels
+    model.eval()
+    image = torch.from_numpy(RECORD.normalize(read_image(split.image_path("b2"))))[None]
+    assert np.array_equal(np.load(out / "b2.npy"), model.predict(image)[0].numpy().astype(np.float16))
+    assert (out / "b1.npy").stat().st_mtime_ns == untouched.st_mtime_ns
+    split.image_path("b1").write_bytes(split.image_path("b1").read_bytes()[:40])  # became corrupt
+    with pytest.raises(DataError, match=r"b1\.jpg: cannot decode image"):
+        infer()  # re-read (not its old logits reused), so the corruption is reported

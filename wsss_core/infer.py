@@ -2,12 +2,16 @@
 
 Each rank takes every world_size-th image, runs the method's predictors (their own multi-scale
 logic) and writes one `(C, h, w)` file per image and predictor, float16 by default, atomically.
-A folder remembers which model wrote it (`MODEL_STAMP`); files of another model are discarded, and
-valid files of the same model are kept, so an interrupted run continues where it stopped.
+A folder remembers which model wrote it (`MODEL_STAMP`); files of another model are discarded.
+It also remembers the sha256 of the image each file was computed from (`IMAGE_DIGESTS`: one JSON
+line `[id, digest]` per file, each rank appending to its own `.rank<k>` shard, merged by rank 0);
+a valid file of the same model and of an unchanged image is kept, so an interrupted run continues
+where it stopped, and an image that changed (or became unreadable) is read and inferred again.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -17,9 +21,11 @@ import torch
 from .cli import progress
 from .data.datasets import Split
 from .distributed import Context, barrier
+from .errors import DataError, os_problem
 from .io import read_image, write_logits, write_text
 
 MODEL_STAMP = ".model_sha256"
+IMAGE_DIGESTS = ".image_sha256"  # <folder>/.image_sha256.jsonl, .image_sha256.rank<k>.jsonl
 
 
 def file_digest(path: Path) -> str:
@@ -39,6 +45,56 @@ def valid_logits(path: Path, num_classes: int) -> bool:
     return arr.ndim == 3 and arr.shape[0] == num_classes
 
 
+def _read_digest_lines(path: Path) -> dict[str, str]:
+    digests = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                image_id, digest = json.loads(line)
+            except (ValueError, TypeError):
+                continue  # a line cut short by an interruption: that file is inferred again
+            digests[image_id] = digest
+    return digests
+
+
+def _digest_shards(out_dir: Path) -> list[Path]:
+    return sorted(out_dir.glob(f"{IMAGE_DIGESTS}.rank*.jsonl"))
+
+
+def image_digests(out_dir: Path) -> dict[str, str]:
+    """image id → sha256 of the image the folder's logits file was computed from."""
+    digests = _read_digest_lines(out_dir / f"{IMAGE_DIGESTS}.jsonl")
+    for shard in _digest_shards(out_dir):  # newer than the merged file; one rank per id
+        digests.update(_read_digest_lines(shard))
+    return digests
+
+
+def _merge_image_digests(out_dir: Path) -> None:
+    """Fold the ranks' shards into the one file (rank 0, while the others wait)."""
+    digests = image_digests(out_dir)
+    if digests:
+        write_text(out_dir / f"{IMAGE_DIGESTS}.jsonl",
+                   "".join(json.dumps([k, v]) + "\n" for k, v in sorted(digests.items())))
+    for shard in _digest_shards(out_dir):
+        shard.unlink()
+
+
+def _record_digest(shard: Path, image_id: str, digest: str) -> None:
+    try:
+        with open(shard, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps([image_id, digest]) + "\n")
+    except OSError as exc:
+        if os_problem(exc) is None:
+            raise
+        raise DataError(shard, os_problem(exc)) from None
+
+
+def _image_digest(path: Path) -> str:
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    return file_digest(path)
+
+
 def prepare_output(out_dir: Path, model_digest: str, ctx: Context) -> None:
     """Rank 0 empties `out_dir` unless it holds logits of the same model; others wait."""
     if ctx.is_main:
@@ -47,6 +103,7 @@ def prepare_output(out_dir: Path, model_digest: str, ctx: Context) -> None:
             shutil.rmtree(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         write_text(stamp, model_digest + "\n")
+        _merge_image_digests(out_dir)
     barrier()
 
 
@@ -57,17 +114,27 @@ def infer_logits(model: torch.nn.Module, predictors: dict, normalize, split: Spl
     """Write `<out_dirs[name]>/<id>.npy` for this rank's share of the split; returns files written."""
     model.eval()
     ids = split.ids[ctx.rank::ctx.world_size]
+    recorded = {name: image_digests(out_dirs[name]) for name in predictors}
+    shards = {name: out_dirs[name] / f"{IMAGE_DIGESTS}.rank{ctx.rank}.jsonl" for name in predictors}
     written = 0
     for image_id in progress(ids, "inference"):
+        image_path = split.image_path(image_id)
+        digest = _image_digest(image_path)
         todo = {name: out_dirs[name] / f"{image_id}.npy" for name in predictors}
-        todo = {name: path for name, path in todo.items() if not valid_logits(path, num_classes)}
+        todo = {name: path for name, path in todo.items()
+                if recorded[name].get(image_id) != digest or not valid_logits(path, num_classes)}
         if not todo:
             continue
-        image = torch.from_numpy(normalize(read_image(split.image_path(image_id))))[None]
+        image = torch.from_numpy(normalize(read_image(image_path)))[None]
         image = image.to(ctx.device)
         for name, path in todo.items():
             logits = predictors[name](model, image)
             write_logits(path, logits[0].float().cpu().numpy(), dtype)
+            _record_digest(shards[name], image_id, digest)  # after the file: never ahead of it
             written += 1
+    barrier()
+    if ctx.is_main:
+        for folder in out_dirs.values():
+            _merge_image_digests(folder)
     barrier()
     return written
