@@ -6,9 +6,15 @@ torchrun is a world of one and skips process-group set-up entirely.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -39,6 +45,7 @@ def _pick_device(local_rank: int, device: str) -> torch.device:
 @contextlib.contextmanager
 def distributed(device: str = "auto") -> Iterator[Context]:
     """Join the torchrun process group (if any) for the duration of the block."""
+    stop_with_launcher()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -83,6 +90,78 @@ def broadcast_object(obj, src: int = 0):
     holder = [obj]
     dist.broadcast_object_list(holder, src=src)
     return holder[0]
+
+
+def gather_object(obj, dst: int = 0) -> list | None:
+    """Every rank's picklable `obj`, in rank order, on rank `dst` (None on the others)."""
+    if not dist.is_initialized():
+        return [obj]
+    gathered = [None] * dist.get_world_size() if dist.get_rank() == dst else None
+    dist.gather_object(obj, gathered, dst=dst)
+    return gathered
+
+
+# --------------------------------------------------------------------------- launcher death
+# torchrun starts its workers in sessions of their own, so killing torchrun (or the `dvc repro`
+# above it) would leave them training on as orphans that keep writing into models/.
+_PR_SET_PDEATHSIG = 1
+_watched = False
+
+
+def _parent_of(pid: int) -> int | None:
+    """The parent pid of `pid` (from /proc), None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    return None if fields[0] in ("Z", "X") else int(fields[1])  # a zombie is gone too
+
+
+def _environ_of(pid: int, name: str) -> str | None:
+    try:
+        entries = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    prefix = f"{name}=".encode()
+    return next((e[len(prefix):].decode() for e in entries if e.startswith(prefix)), None)
+
+
+def launcher_chain() -> list[tuple[int, int]]:
+    """(pid, parent pid) of this process and of the launchers above it: its parent (torchrun)
+    and, under DVC, every ancestor that was started for the same stage (the same DVC_STAGE:
+    torchrun and the shell DVC runs the stage command in), up to the one DVC itself started."""
+    links = [(os.getpid(), os.getppid())]
+    stage = os.environ.get("DVC_STAGE")
+    while stage is not None:
+        pid = links[-1][1]
+        parent = _parent_of(pid)
+        if parent is None or parent <= 1 or _environ_of(pid, "DVC_STAGE") != stage:
+            break
+        links.append((pid, parent))
+    return links
+
+
+def _watch_launchers(links: list[tuple[int, int]], poll_s: float) -> None:
+    while all(_parent_of(pid) == parent for pid, parent in links):
+        time.sleep(poll_s)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def stop_with_launcher(poll_s: float = 1.0) -> None:
+    """Make this torchrun worker end (SIGTERM) as soon as a launcher above it is gone.
+
+    The kernel signals it when its parent dies (PR_SET_PDEATHSIG); a thread checks every
+    `poll_s` seconds that each process of `launcher_chain()` still has the parent it had at
+    start, which also catches a killed `dvc repro` (its torchrun would survive it). Only under
+    torchrun and on Linux: a plain `python stages/...` run (e.g. under nohup) is left alone."""
+    global _watched
+    if _watched or "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    _watched = True
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    threading.Thread(target=_watch_launchers, args=(launcher_chain(), poll_s), daemon=True,
+                     name="launcher-watch").start()
 
 
 # --------------------------------------------------------------------------- global-batch losses

@@ -145,6 +145,18 @@ def write_json(path: str | Path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
+def save_torch(obj, path: str | Path) -> None:
+    """`torch.save` atomically and byte-stably: equal objects give byte-identical files.
+
+    torch names the records inside its zip archive after the file it writes to, so saving to
+    a temporary name would make every file different (and DVC see a changed model); written
+    through a file object the archive gets torch's fixed name "archive"."""
+    import torch  # here, not at the top: most stages never write torch files
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as stream:
+        torch.save(obj, stream)
+
+
 def read_json(path: str | Path):
     path = Path(path)
     if not path.is_file():

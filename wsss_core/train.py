@@ -5,12 +5,18 @@ Iteration-based (not epochs), DDP over torchrun ranks (gloo on CPU, nccl on GPU)
 on the last one), the method's LR schedule applied before every optimiser step, checkpoints every
 `checkpoint_every` iterations, and resume from the newest checkpoint when a run with the same
 configuration was interrupted. Rank 0 alone writes files, logs to DVCLive and shows progress.
+
+Resume is exact: a checkpoint holds everything the next iteration depends on (weights, optimiser,
+the epoch and the number of its batches already consumed, every process's random generators and
+running log sums), so a run killed at any point and re-run ends with the same bytes as one that
+was never interrupted (on CPU, with the same thread count and number of processes).
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
+import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,13 +27,16 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from .cli import progress
-from .distributed import Context, all_reduce_sum, barrier, broadcast_object
+from .distributed import Context, all_reduce_sum, barrier, broadcast_object, gather_object
 from .errors import ConfigError, WsssError
-from .io import atomic_path, write_json
+from .io import save_torch, write_json, write_text
 from .methods import TrainingMethod
 from .schedules import set_lr_factor
 
 CHECKPOINT_GLOB = "checkpoint_*.pth"
+# configuration keys that cannot change what a run computes: a checkpoint made with other
+# values is resumed all the same (a test checks that a changed worker count gives the same bytes)
+NEUTRAL_KEYS = ("num_workers",)
 
 
 class TrainingDiverged(WsssError):
@@ -36,7 +45,8 @@ class TrainingDiverged(WsssError):
 
 def fingerprint(config: dict) -> str:
     """Identifies a run's configuration; a checkpoint is resumed only by the same configuration."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    relevant = {k: v for k, v in config.items() if k not in NEUTRAL_KEYS}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def latest_checkpoint(directory: Path) -> Path | None:
@@ -53,25 +63,96 @@ def folder_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def _save(obj, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+# --------------------------------------------------------------------------- random generators
+def rng_state(device: torch.device) -> dict:
+    """This process's global random generators (torch, CUDA, NumPy, Python) as tensors, numbers
+    and lists, so that a checkpoint holding them loads with `torch.load(weights_only=True)`."""
+    _, key, pos, has_gauss, cached_gaussian = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": [torch.from_numpy(key.astype(np.int64)), pos, has_gauss, cached_gaussian],
+             "python": [version, list(internal), gauss_next]}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
 
 
-def _batches(loader: DataLoader, sampler: DistributedSampler, epoch: int) -> Iterator[tuple[int, dict]]:
-    """Endless stream of batches; a new epoch reshuffles (sampler) and re-augments (dataset)."""
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    key, pos, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state(("MT19937", key.numpy().astype(np.uint32), pos, has_gauss, cached_gaussian))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+# --------------------------------------------------------------------------- data order
+def _batches(dataset, sampler: DistributedSampler, batch_size: int, loader_options: dict,
+             epoch: int, position: int) -> Iterator[tuple[int, int, dict]]:
+    """Endless stream of (epoch, batches of it consumed so far, batch), from the batch after
+    the first `position` of `epoch` on.
+
+    Both the order (the sampler's permutation) and the augmentation (the dataset draws each
+    sample's randomness from seed, epoch and index) are functions of the epoch, so starting in
+    the middle of one only skips its first indices, without loading their images. Each epoch's
+    DataLoader has a generator of its own, seeded by seed, rank and epoch: creating one would
+    otherwise take a draw from the global torch generator, which a resumed run would take at a
+    different point."""
     while True:
         sampler.set_epoch(epoch)
-        loader.dataset.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        order = list(sampler)[position * batch_size:]
+        seed = np.random.SeedSequence([sampler.seed, sampler.rank, epoch]).generate_state(1)[0]
+        loader = DataLoader(dataset, batch_size=batch_size, sampler=order, drop_last=True,
+                            generator=torch.Generator().manual_seed(int(seed)), **loader_options)
         for batch in loader:
-            yield epoch, batch
-        epoch += 1
+            position += 1
+            yield epoch, position, batch
+        epoch, position = epoch + 1, 0
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
+# --------------------------------------------------------------------------- DVCLive
+def truncate_curves(live_dir: Path, step: int) -> None:
+    """Drop the rows after `step` from every DVCLive curve (.tsv) under `live_dir`: what a
+    killed run logged after its last checkpoint, which the resumed run logs again."""
+    for path in sorted((live_dir / "plots").rglob("*.tsv")):
+        header, *rows = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        column = header.rstrip("\r\n").split("\t").index("step")
+        kept = [row for row in rows if row.strip() and int(row.split("\t")[column]) <= step]
+        if len(kept) != len(rows):
+            write_text(path, header + "".join(kept))
+
+
+def open_live(live_dir: Path, resume_step: int | None):
+    """The DVCLive logger of a run's curves, continuing after `resume_step` when resuming.
+
+    It shares no file with other runs (benchmark cells train side by side, DVC's queue runs
+    experiments in parallel): DVCLive's `next_step` and `end` write and delete a signal file
+    for DVC's VS Code extension in the enclosing DVC repository
+    (`.dvc/tmp/exps/run/DVCLIVE_STEP_COMPLETED`, found from $DVC_ROOT or the working
+    directory), which made side-by-side runs fail at random with FileNotFoundError, so the
+    loop logs through `log_metric` and `sync` only; and `Live()` opens the repository itself
+    (its SQLite caches under DVC's site cache dir) to name an experiment and read Studio
+    settings, which a pipeline stage with `save_dvc_exp=False` has no use for, so that step is
+    skipped. tests/test_live_race.py checks both on the pinned dvclive."""
+    from dvclive import Live
+
+    class RepoFreeLive(Live):
+        def _init_dvc(self):
+            """No DVC repository: `dvcyaml=None`, no experiment to save."""
+
+    if resume_step is not None:
+        truncate_curves(live_dir, resume_step)
+    return RepoFreeLive(dir=str(live_dir), resume=resume_step is not None, dvcyaml=None,
+                        save_dvc_exp=False, report=None)
+
+
+# --------------------------------------------------------------------------- the loop
 def train(method: TrainingMethod, dataset, ctx: Context, config: dict, out_dir: Path,
           live_dir: Path | None = None) -> dict:
     """Train `method` on `dataset` as configured; returns the summary written to metrics.
@@ -81,7 +162,7 @@ def train(method: TrainingMethod, dataset, ctx: Context, config: dict, out_dir: 
     checkpoint_every, log_every, seed; an optional grad_clip clips the global gradient norm of
     each optimiser step to that value (the norm before clipping is logged as `grad_norm`);
     anything else in it (e.g. a digest of the training labels) only serves to tell whether a
-    checkpoint belongs to this run.
+    checkpoint belongs to this run. `dataset` needs `set_epoch(epoch)`.
     """
     iterations, iter_size = config["iterations"], config["iter_size"]
     if config["batch_size"] % ctx.world_size:
@@ -92,9 +173,17 @@ def train(method: TrainingMethod, dataset, ctx: Context, config: dict, out_dir: 
     run_id = fingerprint(config)
     torch.manual_seed(config["seed"] + ctx.rank)
     np.random.seed(config["seed"] + ctx.rank)
+    random.seed(config["seed"] + ctx.rank)
 
     model = method.build_model().to(ctx.device)
     optimizer = method.optimizer(model)
+
+    sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+                                 seed=config["seed"], drop_last=True)
+    batches_per_epoch = len(sampler) // batch_size
+    if batches_per_epoch == 0:
+        raise ConfigError(f"train.batch_size {config['batch_size']} exceeds the "
+                          f"{len(dataset)} training images")
 
     # resume: rank 0 decides, every rank loads the same file
     resume_from = None
@@ -102,25 +191,39 @@ def train(method: TrainingMethod, dataset, ctx: Context, config: dict, out_dir: 
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         candidate = latest_checkpoint(ckpt_dir)
         if candidate is not None:
-            meta = torch.load(candidate, map_location="cpu", weights_only=False)
+            meta = torch.load(candidate, map_location="cpu", weights_only=True)
             if meta.get("fingerprint") == run_id:
                 resume_from = str(candidate)
             else:  # another configuration's checkpoints: start afresh
                 for stale in ckpt_dir.glob(CHECKPOINT_GLOB):
                     stale.unlink()
     resume_from = broadcast_object(resume_from)
-    start, epoch = 0, 0
+    start, epoch, position = 0, 0, 0
     earlier_time, last_terms = 0.0, {}
+    sums: dict[str, float] = {}  # this process's loss terms since the last log line
+    count = 0
+    process_state = None
     if resume_from is not None:
-        state = torch.load(resume_from, map_location=ctx.device, weights_only=False)
+        # on the CPU: the generators' states must stay there (load_state_dict moves the rest)
+        state = torch.load(resume_from, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        start, epoch = state["iteration"], state["epoch"] + 1
+        start, epoch, position = state["iteration"], state["epoch"], state["position"]
+        if position == batches_per_epoch:  # the checkpoint's epoch was complete
+            epoch, position = epoch + 1, 0
+        processes = state["processes"]
+        if len(processes) == ctx.world_size:
+            process_state = processes[ctx.rank]
+            sums, count = process_state["log_sums"], process_state["log_count"]
         # the run's training time and last logged losses carry over, so a resumed (or an
         # already finished) run reports the whole run, not just the iterations left
         earlier_time, last_terms = state.get("train_time_s", 0.0), state.get("last_terms", {})
         if ctx.is_main:
             print(f"resuming from {resume_from} (iteration {start})", flush=True)
+            if process_state is None:
+                print(f"note: {resume_from} was made by {len(processes)} process(es), not "
+                      f"{ctx.world_size}: the rest of the run is not the one an uninterrupted "
+                      f"run would have made", flush=True)
 
     net = model
     if ctx.world_size > 1:
@@ -128,34 +231,31 @@ def train(method: TrainingMethod, dataset, ctx: Context, config: dict, out_dir: 
             model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
             find_unused_parameters=method.find_unused_parameters)
 
-    sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
-                                 seed=config["seed"], drop_last=True)
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
-                        num_workers=config["num_workers"], pin_memory=ctx.device.type == "cuda",
-                        persistent_workers=False)
-    if len(loader) == 0:
-        raise ConfigError(f"train.batch_size {config['batch_size']} exceeds the "
-                          f"{len(dataset)} training images")
-    batches = _batches(loader, sampler, epoch)
+    loader_options = {"num_workers": config["num_workers"],
+                      "pin_memory": ctx.device.type == "cuda", "persistent_workers": False}
+    batches = _batches(dataset, sampler, batch_size, loader_options, epoch, position)
 
     live = None
     if ctx.is_main and live_dir is not None:
-        from dvclive import Live
+        live = open_live(live_dir, start if resume_from is not None else None)
 
-        live = Live(dir=str(live_dir), resume=resume_from is not None, dvcyaml=None,
-                    save_dvc_exp=False, report=None)
+    # restored last: building the model, the optimiser and DDP above draws from the generators
+    if process_state is not None:
+        set_rng_state(process_state["rng"], ctx.device)
 
     effective_batch = config["batch_size"] * iter_size
+    stepped = [p for group in optimizer.param_groups for p in group["params"]]  # clipped ones
     started = time.time()
-    sums: dict[str, float] = {}
-    count = 0
     model.train()  # MSC.train() keeps BatchNorm frozen where the preset says so
     for iteration in progress(range(start + 1, iterations + 1), f"train {method.name}",
                               total=iterations - start):
         set_lr_factor(optimizer, method.lr_factor(iteration))
-        optimizer.zero_grad(set_to_none=True)
+        # the model's, not the optimiser's: a parameter the optimiser does not step (CDL-e's
+        # affinity head) would otherwise add up gradients over the whole run, a state no
+        # checkpoint holds
+        model.zero_grad(set_to_none=True)
         for micro in range(iter_size):
-            epoch, batch = next(batches)
+            epoch, position, batch = next(batches)
             sync = micro == iter_size - 1 or ctx.world_size == 1
             with contextlib.nullcontext() if sync else net.no_sync():
                 loss, terms = method.training_loss(net, _to_device(batch, ctx.device), iteration)
@@ -164,7 +264,7 @@ def train(method: TrainingMethod, dataset, ctx: Context, config: dict, out_dir: 
                 sums[name] = sums.get(name, 0.0) + float(value) / iter_size
         if config.get("grad_clip"):
             # gradients are already averaged over the ranks, so every rank clips alike
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config["grad_clip"])
+            norm = torch.nn.utils.clip_grad_norm_(stepped, config["grad_clip"])
             sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(norm)
         optimizer.step()
         count += 1
@@ -184,17 +284,22 @@ def train(method: TrainingMethod, dataset, ctx: Context, config: dict, out_dir: 
                     live.log_metric(f"train/{name}", value)
                 for index, group in enumerate(optimizer.param_groups):
                     live.log_metric(f"lr/{group.get('name', index)}", group["lr"])
-                live.next_step()
+                live.sync()
             sums, count = {}, 0
 
         if iteration % config["checkpoint_every"] == 0 or iteration == iterations:
+            # every process's own state (its generators, its share of the log sums) goes to
+            # rank 0, which writes the one checkpoint
+            processes = gather_object({"rng": rng_state(ctx.device), "log_sums": sums,
+                                       "log_count": count})
             if ctx.is_main:
                 path = ckpt_dir / f"checkpoint_{iteration}.pth"
-                _save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                       "iteration": iteration, "epoch": epoch, "fingerprint": run_id,
-                       "train_time_s": earlier_time + time.time() - started,
-                       "last_terms": last_terms,
-                       "config": json.loads(json.dumps(config, default=str))}, path)
+                save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                            "iteration": iteration, "epoch": epoch, "position": position,
+                            "processes": processes, "fingerprint": run_id,
+                            "train_time_s": earlier_time + time.time() - started,
+                            "last_terms": last_terms,
+                            "config": json.loads(json.dumps(config, default=str))}, path)
                 for old in ckpt_dir.glob(CHECKPOINT_GLOB):
                     if old != path:
                         old.unlink()
@@ -215,9 +320,7 @@ def train(method: TrainingMethod, dataset, ctx: Context, config: dict, out_dir: 
         "final_losses": last_terms,
     }
     if ctx.is_main:
-        _save(model.state_dict(), out_dir / "model.pth")
-        if live is not None:
-            live.end()
+        save_torch(model.state_dict(), out_dir / "model.pth")
     barrier()
     return summary
 
@@ -225,4 +328,3 @@ def train(method: TrainingMethod, dataset, ctx: Context, config: dict, out_dir: 
 def write_train_summary(path: Path, summary: dict, config: dict) -> None:
     """The run's figures for `dvc metrics` (the configuration itself is in params and dvc.lock)."""
     write_json(path, {**summary, "preset": config.get("preset")})
-
