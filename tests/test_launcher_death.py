@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from tests.tiny_training import running
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")]
@@ -20,14 +21,6 @@ pytestmark = [pytest.mark.slow,
 ENV = {**os.environ, "WSSS_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=1",
             "--rdzv-backend=c10d", "--rdzv-endpoint=localhost:0"]
-
-
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")  # a zombie has ended, whoever reaps it
 
 
 def _hanging_worker(proc: subprocess.Popen) -> int:
@@ -50,9 +43,9 @@ def _launch(tmp_path: Path, prefix: list[str], env: dict) -> subprocess.Popen:
 
 def _assert_ends(pid: int, within_s: float = 8.0) -> None:
     deadline = time.time() + within_s
-    while _running(pid) and time.time() < deadline:
+    while running(pid) and time.time() < deadline:
         time.sleep(0.1)
-    assert not _running(pid), f"worker {pid} still running {within_s} s after its launcher died"
+    assert not running(pid), f"worker {pid} still running {within_s} s after its launcher died"
 
 
 @pytest.mark.parametrize("launcher", ["torchrun", "dvc"])
@@ -67,7 +60,7 @@ def test_worker_ends_when_its_launcher_is_killed(tmp_path, launcher):
     proc = _launch(tmp_path, prefix, env)
     try:
         worker = _hanging_worker(proc)
-        assert _running(worker)
+        assert running(worker)
         os.kill(proc.pid, signal.SIGKILL)  # the launcher alone, not its process group
         proc.wait()
         _assert_ends(worker)

@@ -6,13 +6,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.conftest import REPO
-from tests.tiny_training import CHECKPOINT_EVERY, ITERATIONS
+from tests.tiny_training import CHECKPOINT_EVERY, ITERATIONS, running
 from wsss_core.io import save_torch
 from wsss_core.train import _batches, truncate_curves
 
@@ -20,8 +21,12 @@ from wsss_core.train import _batches, truncate_curves
 ENV = {**os.environ, "WSSS_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1", "WSSS_CPU_THREADS": "1"}
 
 
-def start(out: Path, method: str, *options: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tests.tiny_training", str(out), method, *options],
+def start(out: Path, method: str, *options: str, nproc: int | None = None) -> subprocess.Popen:
+    """The tiny training as a process of its own (under torchrun with `nproc` processes)."""
+    launcher = [sys.executable] if nproc is None else [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc-per-node={nproc}",
+        "--rdzv-backend=c10d", "--rdzv-endpoint=localhost:0"]
+    return subprocess.Popen([*launcher, "-m", "tests.tiny_training", str(out), method, *options],
                             cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
 
@@ -32,15 +37,22 @@ def finish(proc: subprocess.Popen) -> str:
     return output
 
 
-def kill_when_hanging(proc: subprocess.Popen, iteration: int) -> None:
-    """SIGKILL `proc` once it reports that it reached the forward pass of `iteration`."""
-    seen = []
+def kill_when_hanging(proc: subprocess.Popen, iteration: int, processes: int = 1) -> None:
+    """SIGKILL `proc` once its `processes` training processes report that they reached the
+    forward pass of `iteration`; return when they are gone (under torchrun they die with it)."""
+    seen, hanging = [], []
     for line in proc.stdout:
         seen.append(line)
         if line.startswith(f"hanging at {iteration} "):
-            proc.kill()
-            proc.wait()
-            return
+            hanging.append(int(line.split()[-1]))
+            if len(hanging) == processes:
+                proc.kill()
+                proc.wait()
+                deadline = time.time() + 10
+                while any(running(pid) for pid in hanging) and time.time() < deadline:
+                    time.sleep(0.1)
+                assert not any(running(pid) for pid in hanging)
+                return
     raise AssertionError("the run ended before the kill point:\n" + "".join(seen))
 
 
@@ -79,6 +91,20 @@ def test_killed_run_resumes_to_the_bytes_of_an_uninterrupted_run(tmp_path, metho
     assert (whole / "model/model.pth").read_bytes() == (killed / "model/model.pth").read_bytes()
     # every curve holds each step once, with the uninterrupted run's values
     assert curve_steps(killed) == list(range(1, ITERATIONS + 1))
+    assert live_files(whole) == live_files(killed)
+
+
+@pytest.mark.slow
+def test_killed_two_process_run_resumes_to_the_bytes_of_an_uninterrupted_one(tmp_path):
+    """Under torchrun each process has its own generators (dropout here) and log sums: the
+    checkpoint holds both processes' and each gets its own back."""
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    reference = start(whole, "toy", nproc=2)
+    kill_when_hanging(start(killed, "toy", "--hang-at", "6", nproc=2), 6, processes=2)
+    resumed = finish(start(killed, "toy", nproc=2))
+    finish(reference)
+    assert f"checkpoint_{CHECKPOINT_EVERY}.pth (iteration {CHECKPOINT_EVERY})" in resumed
+    assert (whole / "model/model.pth").read_bytes() == (killed / "model/model.pth").read_bytes()
     assert live_files(whole) == live_files(killed)
 
 

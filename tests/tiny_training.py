@@ -5,7 +5,7 @@ side-by-side tests; importable, and runnable as the process those tests kill:
 
 METHOD is `baseline`, `cdl_e` or `dupl` (tiny models on a generated 6-image dataset, 9 iterations of
 batch 2: 3 batches an epoch, checkpoints every 4 iterations, curves logged every iteration) or
-`toy` (a 2-weight model, no images). Writes OUT_DIR/model/{model.pth,checkpoints/}, the DVCLive
+`toy` (a 3-weight model with dropout on 4 vectors). Writes OUT_DIR/model/{model.pth,checkpoints/}, the DVCLive
 curves in OUT_DIR/live/ and the loop's summary in OUT_DIR/summary.json. With --hang-at N the
 process prints `hanging at N pid P` when it reaches the forward pass of iteration N and then
 waits to be killed, so a test can kill it at a known point between two checkpoints.
@@ -122,6 +122,15 @@ def train_toy(out_dir: str, iterations: int) -> dict:
     return train(ToyMethod(), ToySet(), ctx, toy_config(iterations), out / "model", out / "live")
 
 
+def running(pid: int) -> bool:
+    """Whether process `pid` still runs (a zombie has ended, whoever reaps it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out_dir", type=Path)
@@ -137,7 +146,7 @@ def main() -> None:
     from wsss_core.train import train
 
     if args.method == "toy":
-        method, dataset, config = ToyMethod(), ToySet(), toy_config(ITERATIONS)
+        method, dataset, config = ToyMethod(), ToySet(), dict(_COMMON)
     else:
         data = args.out_dir / "data"
         if not data.is_dir():

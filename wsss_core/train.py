@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from .cli import progress
 from .distributed import Context, all_reduce_sum, barrier, broadcast_object, gather_object
 from .errors import ConfigError, WsssError
-from .io import save_torch, write_json, write_text
+from .io import save_torch, write_text
 from .methods import TrainingMethod
 from .schedules import set_lr_factor
 
@@ -324,7 +324,3 @@ def train(method: TrainingMethod, dataset, ctx: Context, config: dict, out_dir: 
     barrier()
     return summary
 
-
-def write_train_summary(path: Path, summary: dict, config: dict) -> None:
-    """The run's figures for `dvc metrics` (the configuration itself is in params and dvc.lock)."""
-    write_json(path, {**summary, "preset": config.get("preset")})
