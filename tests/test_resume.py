@@ -158,6 +158,7 @@ def test_truncated_curves_keep_the_steps_up_to_the_checkpoint(tmp_path):
     curve.write_text("step\tloss\n1\t0.5\n2\t0.25\n3\t0.125\n")
     timed = tmp_path / "plots/metrics/lr.tsv"
     timed.write_text("timestamp\tstep\tlr\n100\t2\t0.1\n101\t3\t0.1\n")
+    (tmp_path / "plots/metrics/empty.tsv").write_text("")
     truncate_curves(tmp_path, 2)
     assert curve.read_text() == "step\tloss\n1\t0.5\n2\t0.25\n"
     assert timed.read_text() == "timestamp\tstep\tlr\n100\t2\t0.1\n"

@@ -121,7 +121,10 @@ def truncate_curves(live_dir: Path, step: int) -> None:
     """Drop the rows after `step` from every DVCLive curve (.tsv) under `live_dir`: what a
     killed run logged after its last checkpoint, which the resumed run logs again."""
     for path in sorted((live_dir / "plots").rglob("*.tsv")):
-        header, *rows = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        if not lines:
+            continue
+        header, *rows = lines
         column = header.rstrip("\r\n").split("\t").index("step")
         kept = [row for row in rows if row.strip() and int(row.split("\t")[column]) <= step]
         if len(kept) != len(rows):
