@@ -62,8 +62,15 @@ def copy_repo(dest: Path) -> Path:
     return dest
 
 
+def repo_env(repo: Path) -> dict:
+    """Environment of a process run in a copied repository: the copy's own `wsss_core` comes
+    before the editable install of this checkout (a test may patch the copy's code)."""
+    return {**os.environ, "WSSS_NO_PROGRESS": "1",
+            "PYTHONPATH": os.pathsep.join([str(repo), *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+
 def run_script(cwd: Path, *args: str, check=False) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WSSS_NO_PROGRESS": "1"}
+    env = repo_env(cwd)
     proc = subprocess.run([PYTHON, *args], cwd=cwd, capture_output=True, text=True, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")

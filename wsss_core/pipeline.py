@@ -43,8 +43,7 @@ def write_train_summary(paths: RunPaths, summary: dict, run_config: dict) -> Non
     write_json(paths.train_summary, {**summary, "preset": run_config["preset"], "config": run_config})
     losses = summary.get("final_losses", {})
     write_json(paths.train_metrics, {
-        "method": summary["method"], "iterations": summary["iterations"],
-        "effective_batch": summary["effective_batch"], "wall_time_s": summary["wall_time_s"],
+        "method": summary["method"], "effective_batch": summary["effective_batch"], "wall_time_s": summary["wall_time_s"],
         **({"loss": losses["loss"]} if "loss" in losses else {})})
 
 
