@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import copy_repo, make_voc_dataset, run_script
+from tests.conftest import copy_repo, make_voc_dataset, repo_env, run_script
 from wsss_core.io import write_label
 
 pytestmark = pytest.mark.slow
@@ -25,7 +25,7 @@ def torchrun(repo: Path, nproc: int | None, *, wait=True, script="stages/train.p
     cmd = [sys.executable, script, *args] if nproc is None else [
         sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc-per-node={nproc}",
         "--rdzv-backend=c10d", "--rdzv-endpoint=localhost:0", script, *args]
-    env = {**os.environ, "WSSS_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    env = {**repo_env(repo), "OMP_NUM_THREADS": "1"}
     if not wait:
         return subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
