@@ -119,6 +119,22 @@ def test_save_torch_gives_the_same_bytes_for_the_same_object(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pth", "b.pth"]  # no temporary left
 
 
+def test_forced_retrain_writes_the_same_model_bytes(tmp_path):
+    """`dvc repro -f train` must leave model.pth's hash alone when the weights are the same:
+    a re-run of the finished run (it resumes at its last checkpoint) and a run from scratch."""
+    from tests.tiny_training import train_toy
+
+    model = tmp_path / "model/model.pth"
+    train_toy(str(tmp_path), 4)
+    first = model.read_bytes()
+    assert train_toy(str(tmp_path), 4)["resumed_from_iteration"] == 4
+    assert model.read_bytes() == first
+    for checkpoint in (tmp_path / "model/checkpoints").iterdir():
+        checkpoint.unlink()
+    assert train_toy(str(tmp_path), 4)["resumed_from_iteration"] == 0
+    assert model.read_bytes() == first
+
+
 class _Indexed(torch.utils.data.Dataset):
     """Sample = (epoch, index), the two things a TrainSet sample's randomness derives from."""
 
