@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from wsss_core.io import write_id_list, write_image, write_label
 
@@ -67,6 +68,17 @@ def repo_env(repo: Path) -> dict:
     before the editable install of this checkout (a test may patch the copy's code)."""
     return {**os.environ, "WSSS_NO_PROGRESS": "1",
             "PYTHONPATH": os.pathsep.join([str(repo), *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+
+def set_param(repo: Path, dotted: str, value) -> None:
+    """Set one dotted key of the copied repository's params.yaml."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    *parents, leaf = dotted.split(".")
+    node = params
+    for key in parents:
+        node = node[key]
+    node[leaf] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def run_script(cwd: Path, *args: str, check=False) -> subprocess.CompletedProcess:

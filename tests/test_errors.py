@@ -24,7 +24,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import copy_repo, make_voc_dataset, run_script
+from tests.conftest import copy_repo, make_voc_dataset, run_script, set_param
 from wsss_core.cli import run_stage, user_error_message
 from wsss_core.errors import DataError
 from wsss_core.io import atomic_dir, atomic_path, write_label, write_text
@@ -124,16 +124,6 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, pattern: str) -> No
     assert lines[0].startswith("error: ") and re.search(pattern, lines[0]), lines[0]
 
 
-def _set_param(repo: Path, dotted: str, value) -> None:
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    *parents, leaf = dotted.split(".")
-    node = params
-    for key in parents:
-        node = node[key]
-    node[leaf] = value
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
 def _truncate(path: Path) -> None:
     """Keep the JPEG header (prepare_data reads it) but cut the pixel data: decoding fails."""
     data = path.read_bytes()
@@ -149,14 +139,14 @@ def test_train_missing_pseudo_labels(repo):
 
 @pytest.mark.slow
 def test_train_bad_params_value(repo):
-    _set_param(repo, "train.lr", -1)
+    set_param(repo, "train.lr", -1)
     assert_one_line_error(dvc_stage(repo, "train", 2), r"^error: params.yaml: train.lr: must be > 0$")
 
 
 @pytest.mark.slow
 def test_train_corrupt_image_in_a_dataloader_worker(repo):
     # one rank's worker fails while the other rank waits for it in DDP's gradient all-reduce
-    _set_param(repo, "train.num_workers", 1)
+    set_param(repo, "train.num_workers", 1)
     _truncate(repo / "voc/VOC2012/JPEGImages/t1.jpg")
     assert_one_line_error(dvc_stage(repo, "train", 2),
                           r"^error: voc/VOC2012/JPEGImages/t1.jpg: cannot decode image \(image file "

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import copy_repo, make_voc_dataset, run_script
+from tests.conftest import copy_repo, make_voc_dataset, run_script, set_param
 from wsss_core.io import write_label
 
 
@@ -25,16 +25,6 @@ def repo(tmp_path):
     params["pseudo_labels"] = {"name": "mine", "source": "my_labels"}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return repo
-
-
-def _set(repo, dotted, value):
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    node = params
-    *parents, leaf = dotted.split(".")
-    for key in parents:
-        node = node[key]
-    node[leaf] = value
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def test_data_stages_on_voc_layout(repo):
@@ -73,9 +63,9 @@ def _rgb_gt(repo):
          "t1.png: label size 24x21 .* differs from the image's 24x20"),
         (lambda r: write_label(r / "voc/VOC2012/SegmentationClassAug/t1.png", np.full((20, 24), 99, np.uint8)),
          r"t1.png: label values \[99\] out of range"),
-        (lambda r: _set(r, "method", "deeplab"), "method: unknown method 'deeplab' (allowed: baseline, cdl_b, cdl_e, dupl)"),
-        (lambda r: _set(r, "dataset", "cityscapes"), "dataset: expected one of 'synthetic', 'voc12', 'coco14'"),
-        (lambda r: _set(r, "data.voc12.rooot", "x"), "unknown key 'data.voc12.rooot'"),
+        (lambda r: set_param(r, "method", "deeplab"), r"method: unknown method 'deeplab' \(allowed: baseline, cdl_b, cdl_e, dupl\)"),
+        (lambda r: set_param(r, "dataset", "cityscapes"), "dataset: expected one of 'synthetic', 'voc12', 'coco14'"),
+        (lambda r: set_param(r, "data.voc12.rooot", "x"), "unknown key 'data.voc12.rooot'"),
     ],
 )
 def test_prepare_bad_input_is_one_line_error(repo, breakage, message):
@@ -108,7 +98,7 @@ def test_infer_test_split_then_export(repo):
     make_voc_dataset(root, {"test": ["s1", "s2"]}, seed=3)
     for name, value in (("train.iterations", 2), ("train.batch_size", 2), ("train.crop", 16),
                         ("infer.device", "cpu")):
-        _set(repo, name, value)
+        set_param(repo, name, value)
     for script in ("stages/prepare_data.py", "stages/pseudo_labels.py", "stages/train.py", "stages/infer.py"):
         run_script(repo, script, check=True)
     run_script(repo, "stages/infer.py", "--split", "test", check=True)
