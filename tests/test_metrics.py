@@ -66,3 +66,20 @@ def test_ignore_in_prediction_is_a_false_negative():
     merged = m + ConfusionMatrix(2).update(np.array([255]), np.array([1]))
     assert merged.undecided.tolist() == [1, 2]
     assert scores_report(merged, ["bg", "fg"])["undecided_pixels"] == 3
+
+
+def test_confusion_plot_rows_give_each_present_class_its_rates():
+    from wsss_core.metrics import confusion_plot_rows
+
+    cm = ConfusionMatrix(3)
+    # class 0: 6 pixels right, 2 as class 1 → 3/4, 1/4; class 1: 1 right → 1; class 2 absent
+    cm.update(np.array([0, 0, 0, 0, 0, 0, 1, 1, 1]), np.array([0, 0, 0, 0, 0, 0, 0, 0, 1]))
+    rows = confusion_plot_rows(cm, ("bg", "a", "b"), rows_per_class=8)
+    counts = {}
+    for row in rows:
+        counts[(row["actual"], row["predicted"])] = counts.get((row["actual"], row["predicted"]), 0) + 1
+    assert counts == {("bg", "bg"): 6, ("bg", "a"): 2, ("a", "a"): 8}
+    # shares that do not divide evenly still add up to rows_per_class per class (1/3 each of 4)
+    cm = ConfusionMatrix(3)
+    cm.update(np.array([0, 1, 2]), np.array([0, 0, 0]))
+    assert len(confusion_plot_rows(cm, ("bg", "a", "b"), rows_per_class=4)) == 4

@@ -107,19 +107,24 @@ def headline(report: dict) -> dict:
     return {key: report[key] for key in HEADLINE_KEYS if key in report}
 
 
-def confusion_plot_rows(matrix: ConfusionMatrix, class_names, rows: int = 10_000) -> list[dict]:
-    """The confusion matrix as `{"actual", "predicted"}` rows for DVC's confusion templates:
-    each (GT, prediction) cell gets rows in proportion to its pixel count (`rows` in all, cells
-    rounding to none dropped), so `confusion_normalized` shows the per-class rates without one
-    row per pixel."""
-    counts = matrix.matrix.astype(np.float64)
-    total = counts.sum()
+def confusion_plot_rows(matrix: ConfusionMatrix, class_names, rows_per_class: int = 200
+                        ) -> list[dict]:
+    """The confusion matrix as `{"actual", "predicted"}` rows for DVC's `confusion_normalized`
+    template, which normalises each actual class's row: every class present in the GT gets
+    `rows_per_class` rows shared among its predictions in proportion to their pixel counts
+    (largest remainders, so they add up exactly), so each row shows that class's rates to
+    1/rows_per_class whatever its pixel count, without one row per pixel."""
     table = []
-    if total == 0:
-        return table
-    for gt, pred in zip(*np.nonzero(counts)):
-        table += [{"actual": class_names[gt], "predicted": class_names[pred]}] * int(
-            round(rows * counts[gt, pred] / total))
+    for gt, counts in enumerate(matrix.matrix.astype(np.float64)):
+        total = counts.sum()
+        if total == 0:
+            continue
+        share = counts / total * rows_per_class
+        rows = np.floor(share).astype(int)
+        for pred in np.argsort(-(share - rows), kind="stable")[:rows_per_class - rows.sum()]:
+            rows[pred] += 1
+        for pred in np.nonzero(rows)[0]:
+            table += [{"actual": class_names[gt], "predicted": class_names[pred]}] * int(rows[pred])
     return table
 
 
