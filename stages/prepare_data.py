@@ -8,8 +8,8 @@ import argparse
 
 from wsss_core.cli import run_stage
 from wsss_core.config import load_params
-from wsss_core.data.prepare import prepare_dataset
 from wsss_core.paths import add_path_arguments, paths_from_args
+from wsss_core.pipeline import prepare_data
 
 
 def main() -> None:
@@ -17,7 +17,7 @@ def main() -> None:
     add_path_arguments(parser, "prepared")
     params = load_params()
     paths = paths_from_args(params, parser.parse_args())
-    summary = prepare_dataset(params, paths.prepared)
+    summary = prepare_data(params, paths)
     counts = ", ".join(f"{name}: {s['images']} images" for name, s in summary["splits"].items())
     print(f"prepared {summary['dataset']} ({counts})")
 

@@ -106,3 +106,15 @@ def test_infer_test_split_then_export(repo):
     run_script(repo, "stages/export_voc_test.py", "--no-crf", check=True)
     pngs = sorted(p.name for p in (repo / "results/VOC2012/Segmentation/comp6_test_cls").iterdir())
     assert pngs == ["s1.png", "s2.png"] and (repo / "results/voc2012_test_baseline.tar.gz").is_file()
+
+
+def test_bad_method_option_is_reported_before_missing_data(tmp_path):
+    """The configuration is validated before any data is read: with no prepared data at all, a
+    mistyped CDL option is the error, named by its real key."""
+    repo = copy_repo(tmp_path / "repo")
+    set_param(repo, "method", "cdl_b")
+    set_param(repo, "train.method_options", {"threshold_1": "high"})
+    for script in ("stages/pseudo_labels.py", "stages/train.py", "stages/crf.py"):
+        proc = run_script(repo, script)
+        assert proc.returncode == 2 and proc.stderr.strip() == (
+            "error: params.yaml: train.method_options.threshold_1: expected a number, got 'high'"), proc.stderr

@@ -13,6 +13,7 @@ from .config import Params
 from .crf import crf_settings, refine_split, write_overlays
 from .data.classes import read_class_labels
 from .data.datasets import class_names, resolve_split
+from .data.prepare import prepare_dataset
 from .data.pseudo_labels import ingest_pseudo_labels, synthesize_pseudo_labels
 from .data.train_set import TrainSet
 from .distributed import distributed
@@ -22,7 +23,7 @@ from .infer import file_digest, infer_logits, prepare_output
 from .io import atomic_dir, read_json, write_json, write_text
 from .methods import create_method
 from .metrics import confusion_plot_rows, headline, per_class_csv, scores_report
-from .models import load_checkpoint
+from .models.checkpoints import load_trained_weights
 from .paths import RunPaths
 from .presets import effective_train_config
 from .registry import get_method
@@ -34,6 +35,22 @@ def write_report(path: Path, report: dict) -> None:
     per-class IoU as `<stem>_per_class.csv` beside it (`dvc plots`)."""
     write_json(path, headline(report))
     write_text(path.with_name(path.stem + "_per_class.csv"), per_class_csv(report))
+
+
+def check_configuration(params: Params) -> dict:
+    """Validate everything the stages build from `params` beyond the loader's checks (the
+    method's preset and typed options, the CRF kernel) before a stage touches any data;
+    returns the effective training configuration."""
+    config = effective_train_config(params)
+    create_method(params.method, params.num_classes, {**config, "init_weights": ""})  # DuPL's checks
+    crf_settings(params.crf, params.method)
+    return config
+
+
+def prepare_data(params: Params, paths: RunPaths) -> dict:
+    """The prepare stage: the dataset in `paths.prepared` (see wsss_core.data.prepare)."""
+    check_configuration(params)
+    return prepare_dataset(params, paths.prepared)
 
 
 def write_train_summary(paths: RunPaths, summary: dict, run_config: dict) -> None:
@@ -50,6 +67,7 @@ def write_train_summary(paths: RunPaths, summary: dict, run_config: dict) -> Non
 def publish_pseudo_labels(params: Params, paths: RunPaths) -> dict:
     """The train split's pseudo labels in `paths.pseudo_labels`: simulated from the synthetic
     GT with `data.noise`, or validated and copied from `pseudo_labels.source`."""
+    check_configuration(params)
     split = resolve_split(params, "train", paths.prepared)
     out_dir = paths.pseudo_labels
     if params.pseudo_labels.source == "synthetic":
@@ -63,6 +81,7 @@ def publish_pseudo_labels(params: Params, paths: RunPaths) -> dict:
 def score_pseudo_labels(params: Params, paths: RunPaths, out: Path | None = None) -> dict:
     """mIoU of the pseudo labels in `paths.pseudo_labels` against the train GT → `out`
     (default `paths.pseudo_label_scores`, metrics/pseudo_labels.json) and a per-class CSV."""
+    check_configuration(params)
     split = resolve_split(params, "train", paths.prepared)
     matrix = score_folder(paths.pseudo_labels, split, params.num_classes, "labels",
                           n_jobs=params.evaluate.n_jobs)
@@ -78,7 +97,7 @@ def score_pseudo_labels(params: Params, paths: RunPaths, out: Path | None = None
 def run_training(params: Params, paths: RunPaths) -> dict:
     """Train the configured method; writes the model, its effective configuration beside it,
     the checkpoints, DVCLive curves and the training summary."""
-    config = effective_train_config(params)
+    config = check_configuration(params)
     method = create_method(params.method, params.num_classes, config)
     record = get_method(params.method)
     split = resolve_split(params, "train", paths.prepared)
@@ -111,10 +130,11 @@ def run_inference(params: Params, paths: RunPaths, split_name: str = "val") -> d
     """Logits of the split; on val also the no-CRF scores (and, with several predictors such as
     DuPL's students, the choice of the better one). The test split has no GT: it reuses the
     predictor chosen on val."""
-    config = effective_train_config(params)
+    config = check_configuration(params)
     method = create_method(params.method, params.num_classes, {**config, "init_weights": ""})
     record = get_method(params.method)
-    weights = paths.model_file
+    # a released checkpoint (infer.weights) or the train stage's own model
+    weights = Path(params.infer.weights) if params.infer.weights else paths.model_file
     split = resolve_split(params, split_name, paths.prepared)
     final_dir = paths.logits_dir(split_name)
     predictors = record.predictors(config)
@@ -130,7 +150,7 @@ def run_inference(params: Params, paths: RunPaths, split_name: str = "val") -> d
         out_dirs = {name: final_dir.parent / f"{final_dir.name}_{name}" for name in predictors}
     with distributed(params.infer.device) as ctx:
         model = method.build_model()
-        load_checkpoint(model, weights)
+        load_trained_weights(model, weights)
         model.to(ctx.device)
         digest = file_digest(weights)
         for folder in out_dirs.values():
@@ -164,6 +184,7 @@ def run_crf(params: Params, paths: RunPaths) -> dict:
     """DenseCRF over the val logits: palette PNGs, metrics/scores_crf.json (with the no-CRF
     mIoU of the same pass) + per-class CSV, the confusion matrix for `dvc plots`, and a few
     overlays."""
+    check_configuration(params)
     split = resolve_split(params, "val", paths.prepared)
     settings = crf_settings(params.crf, params.method)
     source, out_dir = paths.logits_dir("val"), paths.predictions_dir("val")
