@@ -199,6 +199,10 @@ class InferParams:
     nproc: int = 1
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float16", "float32"] = "float16"   # stored logits
+    # a trained checkpoint to evaluate instead of the train stage's models/<method>/model.pth
+    # ("" = that one): this project's, deeplab-pytorch's, CDL's, DuPL's or ToCo's .pth
+    # (wsss_core.models.checkpoints)
+    weights: str = ""
 
     def validate(self, where: str) -> None:
         _check(self.nproc >= 1, f"{where}.nproc", "must be >= 1")
