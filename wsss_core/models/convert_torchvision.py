@@ -37,7 +37,9 @@ import torch
 from ..errors import DataError
 from . import read_state_dict
 
-_BLOCK = re.compile(r"^layer([1-4])\.(\d+)\.(conv[123]|bn[123]|downsample\.[01])\.(.+)$")
+_LEAF = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
+_STEM = re.compile(rf"^(conv1|bn1)\.{_LEAF}$")
+_BLOCK = re.compile(rf"^layer([1-4])\.(\d+)\.(conv[123]|bn[123]|downsample\.[01])\.{_LEAF}$")
 _PART = {"conv1": "reduce.conv", "bn1": "reduce.bn", "conv2": "conv3x3.conv", "bn2": "conv3x3.bn",
          "conv3": "increase.conv", "bn3": "increase.bn", "downsample.0": "shortcut.conv",
          "downsample.1": "shortcut.bn"}
@@ -48,7 +50,7 @@ def caffe_key(key: str) -> str | None:
     another architecture is a ValueError."""
     if key.startswith("fc."):
         return None
-    stem = re.match(r"^(conv1|bn1)\.(.+)$", key)
+    stem = _STEM.match(key)
     if stem:
         return f"layer1.conv1.{'conv' if stem[1] == 'conv1' else 'bn'}.{stem[2]}"
     block = _BLOCK.match(key)
