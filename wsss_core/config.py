@@ -177,6 +177,10 @@ class TrainParams:
     init_min_share: float | None = None
     # fields of the method's options (CdlConfig / BaselineConfig / DuplConfig), over the preset's
     method_options: dict = field(default_factory=dict)
+    # memory savers, same results (README "Training on GPUs"): recompute activations in backward
+    # (ResNet stages, ViT blocks); NHWC convolutions (DeepLab family only)
+    grad_checkpointing: bool = False
+    channels_last: bool = False
 
     _PRESET_KEYS = ("iterations", "batch_size", "iter_size", "crop", "lr", "checkpoint_every",
                     "log_every", "num_workers", "init_weights", "init_min_share")

@@ -11,6 +11,7 @@ of GPUs (the originals tie it to the GPU count, a known cause of failed reproduc
 from __future__ import annotations
 
 import copy
+import inspect
 
 from .config import Params
 from .errors import ConfigError
@@ -147,6 +148,14 @@ def effective_train_config(params: Params) -> dict:
     for key, value in params.train.overrides().items():
         config[key] = value
     config["method_options"] = {**config.get("method_options", {}), **params.train.method_options}
+    # memory savers are model options; set only when on, so configurations (and the checkpoints
+    # they resume) without them stay as they were
+    for key in ("grad_checkpointing", "channels_last"):
+        if getattr(params.train, key):
+            if key not in inspect.signature(record.build_model).parameters:
+                raise ConfigError(f"params.yaml: train.{key}: not supported by method "
+                                  f"'{params.method}'")
+            config["model"] = {**config.get("model", {}), key: True}
     config["seed"] = params.seed
     config["preset"] = name
     method_options(record, config["method_options"])  # a bad option fails before any data is read

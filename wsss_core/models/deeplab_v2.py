@@ -36,15 +36,15 @@ mode (the original calls `freeze_bn()` once after `model.train()`).
 """
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .resnet import (RESNET101_BLOCKS, dilated_resnet_layers, freeze_batchnorm,
-                     stage_channels)
+from .resnet import RESNET101_BLOCKS, checkpointed, dilated_resnet_layers, freeze_batchnorm, stage_channels
 
 ATROUS_RATES = (6, 12, 18, 24)
 DEFAULT_MSC_SCALES = (0.5, 0.75)
@@ -131,16 +131,31 @@ class ScaleOutputs:
     embedding_strong: torch.Tensor | None = None
 
 
+def _dense(outputs: ScaleOutputs) -> ScaleOutputs:
+    """Outputs in the default (contiguous) layout, whatever layout the convolutions used: the
+    losses reshape them with `view`."""
+    return dataclasses.replace(outputs, **{
+        f.name: getattr(outputs, f.name).contiguous() for f in dataclasses.fields(outputs)
+        if getattr(outputs, f.name) is not None})
+
+
 class DeepLabV2(nn.Module):
-    """DeepLab v2 for one scale: `layer1`..`layer5`, `aspp` and the variant's extra heads."""
+    """DeepLab v2 for one scale: `layer1`..`layer5`, `aspp` and the variant's extra heads.
+
+    Memory savers (same results): `grad_checkpointing` keeps only each ResNet stage's input for
+    backward and recomputes the stage there (`resnet.checkpointed`); `channels_last` runs the
+    convolutions in NHWC (the model's weights are converted by the builder, the inputs here)."""
 
     def __init__(self, num_classes: int, variant: str = "baseline",
                  blocks: Sequence[int] = RESNET101_BLOCKS, width: int = 64,
-                 atrous_rates: Sequence[int] = ATROUS_RATES):
+                 atrous_rates: Sequence[int] = ATROUS_RATES, grad_checkpointing: bool = False,
+                 channels_last: bool = False):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"unknown DeepLab variant {variant!r} (expected one of {VARIANTS})")
         self.variant = variant
+        self.grad_checkpointing = grad_checkpointing
+        self.channels_last = channels_last
         for name, layer in dilated_resnet_layers(blocks, width).items():
             self.add_module(name, layer)
         ch = stage_channels(width)
@@ -156,10 +171,14 @@ class DeepLabV2(nn.Module):
 
     def backbone(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Outputs of layer2, layer3, layer4, layer5 (strides 4, 8, 8, 8)."""
-        x2 = self.layer2(self.layer1(x))
-        x3 = self.layer3(x2)
-        x4 = self.layer4(x3)
-        return [x2, x3, x4, self.layer5(x4)]
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        save_memory = self.grad_checkpointing and torch.is_grad_enabled()
+        features = []
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4, self.layer5):
+            x = checkpointed(stage, x) if save_memory else stage(x)
+            features.append(x)
+        return features[1:]
 
     def embed(self, features: list[torch.Tensor]) -> torch.Tensor:
         """Affinity embedding; its inputs are detached so this head never trains the backbone."""
@@ -176,22 +195,23 @@ class DeepLabV2(nn.Module):
             features = self.backbone(torch.cat([images, strong_images], dim=0))
             top = features[3]
             embedding = self.embed(features)
-            return ScaleOutputs(main=self.aspp(top[:batch]), second=self.aspp_2nd(top[:batch]),
-                                third=self.aspp_3rd(top[batch:]), embedding=embedding[:batch],
-                                embedding_strong=embedding[batch:])
+            return _dense(ScaleOutputs(
+                main=self.aspp(top[:batch]), second=self.aspp_2nd(top[:batch]),
+                third=self.aspp_3rd(top[batch:]), embedding=embedding[:batch],
+                embedding_strong=embedding[batch:]))
         features = self.backbone(images)
         top = features[3]
         if self.variant == "cdl_b":
-            return ScaleOutputs(main=self.aspp(top), second=self.aspp_2nd(top),
-                                embedding=self.embed(features))
-        return ScaleOutputs(main=self.aspp(top))
+            return _dense(ScaleOutputs(main=self.aspp(top), second=self.aspp_2nd(top),
+                                       embedding=self.embed(features)))
+        return _dense(ScaleOutputs(main=self.aspp(top)))
 
     def test_head_logits(self, images: torch.Tensor) -> torch.Tensor:
         """Logits of the head used at test time (`aspp`; `aspp_3rd` for CDL-e) for one scale.
         CDL-e's original feeds [image, image] and keeps aspp_3rd of the second copy; with frozen
         BN that equals aspp_3rd of the image itself, so only one copy is computed."""
         top = self.backbone(images)[3]
-        return self.aspp_3rd(top) if self.variant == "cdl_e" else self.aspp(top)
+        return (self.aspp_3rd(top) if self.variant == "cdl_e" else self.aspp(top)).contiguous()
 
 
 # --------------------------------------------------------------------------- MSC
@@ -249,7 +269,7 @@ class MSC(nn.Module):
         self.test_divisor = float(test_divisor)
         self.freeze_bn = freeze_bn
 
-    def train(self, mode: bool = True) -> "MSC":
+    def train(self, mode: bool = True) -> MSC:
         super().train(mode)
         if mode and self.freeze_bn:
             freeze_batchnorm(self)
@@ -302,34 +322,45 @@ class MSC(nn.Module):
 # --------------------------------------------------------------------------- builders
 def _build(variant: str, num_classes: int, blocks: Sequence[int], width: int,
            msc_scales: Sequence[float], test_scales: Sequence[float],
-           freeze_bn: bool = True) -> MSC:
-    base = DeepLabV2(num_classes, variant, blocks=blocks, width=width)
+           freeze_bn: bool = True, grad_checkpointing: bool = False,
+           channels_last: bool = False) -> MSC:
+    base = DeepLabV2(num_classes, variant, blocks=blocks, width=width,
+                     grad_checkpointing=grad_checkpointing, channels_last=channels_last)
     affinity = {"baseline": None, "cdl_b": "cosine", "cdl_e": "dot"}[variant]
     # CDL divides its test logits by 2 (a softmax temperature for the CRF); upstream does not.
     divisor = 1.0 if variant == "baseline" else 2.0
-    return MSC(base, scales=msc_scales, test_scales=test_scales, affinity=affinity,
-               test_divisor=divisor, freeze_bn=freeze_bn)
+    model = MSC(base, scales=msc_scales, test_scales=test_scales, affinity=affinity,
+                test_divisor=divisor, freeze_bn=freeze_bn)
+    # weights loaded later (init, checkpoints) are copied into these tensors and keep the layout
+    return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
 def build_baseline(num_classes: int, blocks: Sequence[int] = RESNET101_BLOCKS, width: int = 64,
                    msc_scales: Sequence[float] = DEFAULT_MSC_SCALES,
                    test_scales: Sequence[float] = DEFAULT_MSC_SCALES,
-                   freeze_bn: bool = True) -> MSC:
-    """kazuto1011's DeepLabV2_ResNet101_MSC (for the default blocks/width)."""
-    return _build("baseline", num_classes, blocks, width, msc_scales, test_scales, freeze_bn)
+                   freeze_bn: bool = True, grad_checkpointing: bool = False,
+                   channels_last: bool = False) -> MSC:
+    """kazuto1011's DeepLabV2_ResNet101_MSC (for the default blocks/width); the memory savers
+    `grad_checkpointing` and `channels_last` are described in `DeepLabV2`."""
+    return _build("baseline", num_classes, blocks, width, msc_scales, test_scales, freeze_bn,
+                  grad_checkpointing, channels_last)
 
 
 def build_cdl_b(num_classes: int, blocks: Sequence[int] = RESNET101_BLOCKS, width: int = 64,
                 msc_scales: Sequence[float] = DEFAULT_MSC_SCALES,
-                test_scales: Sequence[float] = DEFAULT_MSC_SCALES, freeze_bn: bool = True) -> MSC:
+                test_scales: Sequence[float] = DEFAULT_MSC_SCALES, freeze_bn: bool = True,
+                grad_checkpointing: bool = False, channels_last: bool = False) -> MSC:
     """CDL-b: experts `aspp`/`aspp_2nd` and the cosine affinity head. `test_scales` defaults to
     [0.5, 0.75] whatever `msc_scales` is, as in the original test command."""
-    return _build("cdl_b", num_classes, blocks, width, msc_scales, test_scales, freeze_bn)
+    return _build("cdl_b", num_classes, blocks, width, msc_scales, test_scales, freeze_bn,
+                  grad_checkpointing, channels_last)
 
 
 def build_cdl_e(num_classes: int, blocks: Sequence[int] = RESNET101_BLOCKS, width: int = 64,
                 msc_scales: Sequence[float] = DEFAULT_MSC_SCALES,
-                test_scales: Sequence[float] = DEFAULT_MSC_SCALES, freeze_bn: bool = True) -> MSC:
+                test_scales: Sequence[float] = DEFAULT_MSC_SCALES, freeze_bn: bool = True,
+                grad_checkpointing: bool = False, channels_last: bool = False) -> MSC:
     """CDL-e: CDL-b's heads plus `aspp_3rd` on the strong view (the test head), dot-product
     affinity with dropout. Training-mode forward needs `strong_images`."""
-    return _build("cdl_e", num_classes, blocks, width, msc_scales, test_scales, freeze_bn)
+    return _build("cdl_e", num_classes, blocks, width, msc_scales, test_scales, freeze_bn,
+                  grad_checkpointing, channels_last)

@@ -15,10 +15,12 @@ All channel counts scale with `width` (the stem width, 64 in ResNet-101); stage 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 RESNET101_BLOCKS = (3, 4, 23, 3)
 # Caffe's BatchNorm "moving_average_fraction" 0.999; irrelevant while BN is frozen.
@@ -83,7 +85,7 @@ class Stem(nn.Sequential):
 
 
 def dilated_resnet_layers(blocks: Sequence[int] = RESNET101_BLOCKS,
-                          width: int = 64) -> "OrderedDict[str, nn.Module]":
+                          width: int = 64) -> OrderedDict[str, nn.Module]:
     """The modules `layer1`..`layer5` of DeepLab v2's ResNet (stride 8: dilation 2 and 4 in the
     last two stages, no multi-grid). Returned as a mapping so that a model can register them as
     its own direct children, which is what gives the upstream key names."""
@@ -115,3 +117,28 @@ def freeze_batchnorm(module: nn.Module) -> nn.Module:
         if isinstance(layer, nn.modules.batchnorm._BatchNorm):
             layer.eval()
     return module
+
+
+@contextmanager
+def _running_stats_kept(module: nn.Module) -> Iterator[None]:
+    """BatchNorm layers of `module` in training mode normalise with the batch statistics as
+    usual but leave their running statistics (and counters) as they were."""
+    layers = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+              and m.training and m.track_running_stats]
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in layers]
+    for layer in layers:
+        layer.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: unchanged
+    try:
+        yield
+    finally:
+        for layer, (momentum, count) in zip(layers, saved):
+            layer.momentum = momentum
+            layer.num_batches_tracked.copy_(count)
+
+
+def checkpointed(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`module(x)` keeping only its input for backward (activations recomputed there; PyTorch's
+    non-reentrant checkpoint, RNG state restored). The recomputation must not move trained
+    BatchNorm statistics a second time, so they are held still while it runs."""
+    return checkpoint(module, x, use_reentrant=False,
+                      context_fn=lambda: (nullcontext(), _running_stats_kept(module)))

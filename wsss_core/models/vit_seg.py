@@ -29,6 +29,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..errors import WsssError
 from . import read_state_dict
@@ -120,8 +121,10 @@ def vit_tokens(vit: nn.Module, images: torch.Tensor, aux_layer: int
     depth = len(vit.blocks)
     aux_index = aux_layer % depth
     aux = None
+    # timm's `set_grad_checkpointing` flag: each block keeps only its input for backward
+    save_memory = bool(getattr(vit, "grad_checkpointing", False)) and torch.is_grad_enabled()
     for index, block in enumerate(vit.blocks):
-        x = block(x)
+        x = checkpoint(block, x, use_reentrant=False) if save_memory else block(x)
         if index == aux_index:
             aux = x
     x = vit.norm(x)
@@ -263,17 +266,20 @@ def build_dupl_model(num_classes: int, backbone: str = "deit_tiny_patch16_224",
                      pretrained_path: str = "", aux_layer: int = -3,
                      patch_size: int | None = None, depth: int | None = None,
                      embed_dim: int | None = None, num_heads: int | None = None,
-                     decoder_width: int = DECODER_DIM) -> DuplNet:
+                     decoder_width: int = DECODER_DIM, grad_checkpointing: bool = False) -> DuplNet:
     """The two-student DuPL network. `backbone` is any timm ViT name (paper: deit_base_patch16_224
     or vit_base_patch16_224), its `patch_size`, `depth`, `embed_dim`, `num_heads` overridable;
     `decoder_width` the LargeFOV width (512 in the paper); `pretrained_path` a local
     .pth/.safetensors file of ImageNet weights loaded into both encoders ("" = random init,
-    which the method is not meant for)."""
+    which the method is not meant for); `grad_checkpointing` recomputes each transformer block
+    of both encoders in backward (timm's `set_grad_checkpointing`; same gradients, less memory)."""
     model = DuplNet(backbone, num_classes, aux_layer, decoder_width, patch_size=patch_size,
                     depth=depth, embed_dim=embed_dim, num_heads=num_heads)
     if pretrained_path:
         load_vit_weights(model.branch1.encoder, pretrained_path)
         model.branch2.encoder.load_state_dict(model.branch1.encoder.state_dict())
+    for student in model.students:
+        student.encoder.set_grad_checkpointing(grad_checkpointing)
     return model
 
 
