@@ -32,10 +32,10 @@ def _require_cuda() -> None:
         raise SystemExit(2)
 
 
-def _autocast(dtype: str):
+def _autocast(dtype: str, device: str = "cuda"):
     if dtype == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast(device, dtype=torch.bfloat16)
 
 
 def _deeplab_step(savers: dict):
@@ -108,27 +108,30 @@ def nccl_single_process() -> str:
         dist.destroy_process_group()
 
 
-def loss_curves(steps: int) -> str:
-    """fp32 vs bf16 losses of the demo DeepLab (CE on a fixed random batch, SGD)."""
+def loss_curves(steps: int, device: str = "cuda", batch: int = 8, side: int = 81) -> str:
+    """fp32 vs bf16 losses of the demo DeepLab (CE on a fixed random batch of `batch` images
+    `side` px square, SGD); `device` "cpu" lets the tests run it without a GPU."""
     from wsss_core.models import build_model
+    from wsss_core.models.resnet import feature_size
 
     torch.manual_seed(0)
     reference = build_model("baseline", 21, blocks=[1, 1, 1, 1], width=16, msc_scales=[0.5, 0.75],
-                            freeze_bn=False).cuda()
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    images = torch.randn(8, 3, 81, 81, device="cuda", generator=gen)
-    labels = torch.randint(0, 21, (8, 11, 11), device="cuda", generator=gen)
+                            freeze_bn=False).to(device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    images = torch.randn(batch, 3, side, side, device=device, generator=gen)
+    grid = feature_size(side)
+    labels = torch.randint(0, 21, (batch, grid, grid), device=device, generator=gen)
     curves = {}
     for dtype in ("fp32", "bf16"):
         model = build_model("baseline", 21, blocks=[1, 1, 1, 1], width=16,
-                            msc_scales=[0.5, 0.75], freeze_bn=False).cuda()
+                            msc_scales=[0.5, 0.75], freeze_bn=False).to(device)
         model.load_state_dict(reference.state_dict())
         model.train()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         losses = []
         for _ in range(steps):
             optimizer.zero_grad(set_to_none=True)
-            with _autocast(dtype):
+            with _autocast(dtype, device):
                 out = model(images)
             # the loss in fp32, as training does
             loss = sum(torch.nn.functional.cross_entropy(
@@ -137,7 +140,7 @@ def loss_curves(steps: int) -> str:
                 for t in out.main)
             loss.backward()
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         curves[dtype] = losses
     gap = max(abs(b - a) / abs(a) for a, b in zip(curves["fp32"], curves["bf16"]))
     return (f"{steps} steps: final loss fp32 {curves['fp32'][-1]:.4f}, bf16 "

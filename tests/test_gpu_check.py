@@ -1,7 +1,9 @@
 """benchmarks/gpu_check.py stops at once on a machine without CUDA: one line, exit status 2."""
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
 import subprocess
 import sys
 
@@ -16,3 +18,16 @@ def test_gpu_check_fails_fast_without_cuda():
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("gpu_check: no CUDA device visible")
+
+
+def test_loss_comparison_runs_on_the_cpu():
+    """The one part of the check that needs no GPU, so a GPU run cannot fail on it."""
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks/gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    line = gpu_check.loss_curves(2, device="cpu", batch=2, side=33)
+    match = re.fullmatch(r"2 steps: final loss fp32 ([\d.]+), bf16 ([\d.]+); largest relative "
+                         r"gap over the curve ([\d.]+)%", line)
+    assert match, line
+    fp32, bf16, gap = map(float, match.groups())
+    assert fp32 > 0 and abs(bf16 - fp32) / fp32 < 0.1 and gap < 10
