@@ -104,9 +104,11 @@ def make_pseudo_labels(noise: float) -> dict:
 
 def _cell_params(method: str, noise: float, seed: int) -> Params:
     """params of a cell: the repository's, with the cell's method, seed and noise, one process
-    (side-by-side cells already fill the cores) and no CRF overlays."""
+    (side-by-side cells already fill the cores), no CRF overlays, and its own trained model
+    scored (never a released checkpoint named by infer.weights)."""
     return load_params(overrides={"method": method, "seed": int(seed), "data.noise": float(noise),
-                                  "train.nproc": 1, "infer.nproc": 1, "crf.overlays": 0})
+                                  "train.nproc": 1, "infer.nproc": 1, "crf.overlays": 0,
+                                  "infer.weights": ""})
 
 
 def cell_paths(params: Params, method: str, noise: float | None, seed: int) -> RunPaths:
