@@ -1,9 +1,9 @@
 """Stage pseudo_labels: publish the train split's pseudo labels to `--pseudo-labels`
 (dvc.yaml: data/pseudo_labels/<name>/).
 
-`pseudo_labels.source: synthetic` simulates CAM-like pseudo labels by corrupting the synthetic GT
-with `data.noise`; any other source is a folder or archive of `<id>.png` that is validated and
-copied. The output folder is a DVC output: `dvc push` stores it, `dvc pull` restores it.
+`pseudo_labels.simulate: true` simulates CAM-like pseudo labels by corrupting the synthetic GT in
+`pseudo_labels.source` with `data.noise`; otherwise the source is a folder or archive of `<id>.png`
+that is validated and copied. The output folder is a DVC output: `dvc push` stores it, `dvc pull` restores it.
 """
 import argparse
 

@@ -50,9 +50,11 @@ def test_ints_are_accepted_for_floats_and_overrides_apply(tmp_path: Path):
     assert params.method == "cdl_e" and params.data.noise_seed == 3
 
 
-def test_synthetic_pseudo_labels_need_synthetic_dataset():
-    with pytest.raises(ConfigError, match="pseudo_labels.source 'synthetic' needs dataset 'synthetic'"):
-        params_from_dict({"dataset": "voc12"})
+def test_simulated_pseudo_labels_need_synthetic_dataset_and_a_source_path():
+    with pytest.raises(ConfigError, match="pseudo_labels.simulate needs dataset 'synthetic'"):
+        params_from_dict({"dataset": "voc12", "pseudo_labels": {"simulate": True}})
+    with pytest.raises(ConfigError, match="pseudo_labels.source: must be a path"):
+        params_from_dict({"pseudo_labels": {"source": "synthetic"}})
     params = params_from_dict({"dataset": "voc12", "pseudo_labels": {"source": "labels.zip", "name": "rib"}})
     assert params.num_classes == 21
 

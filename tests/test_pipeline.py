@@ -7,8 +7,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from tests.conftest import copy_repo, repo_env
 
@@ -128,6 +130,29 @@ def test_exp_run_dupl(repo):
     final = repo / "data/logits/dupl/val"
     assert sorted(p.name for p in final.glob("*.npy")) == sorted(p.name for p in chosen.glob("*.npy"))
     assert json.loads((repo / "metrics/train.json").read_text())["effective_batch"] == 2
+
+
+def test_changed_pseudo_label_source_reruns_the_stage(tmp_path):
+    """The source of ingested pseudo labels is a DVC dependency: new contents at the same path
+    rerun the stage instead of "didn't change, skipping" with stale labels."""
+    repo = copy_repo(tmp_path / "repo")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"]["synthetic"].update(TINY)
+    params["pseudo_labels"] = {"name": "mine", "source": "my_labels", "simulate": False}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(repo, "git", "init", "-q")
+    dvc(repo, "init", "-q")
+    dvc(repo, "repro", "prepare_data")
+    shutil.copytree(repo / "data/prepared/synthetic/VOC2012/SegmentationClassAug", repo / "my_labels")
+    assert ran(dvc(repo, "repro", "pseudo_labels")) == {"pseudo_labels"}
+    assert ran(dvc(repo, "repro", "pseudo_labels")) == set()
+    first = sorted((repo / "my_labels").iterdir())[0]
+    published = repo / "data/pseudo_labels/mine" / first.name
+    label = np.array(Image.open(first))
+    label[label != 255] = 0  # the same file, now all background
+    Image.fromarray(label).save(first)
+    assert ran(dvc(repo, "repro", "pseudo_labels")) == {"pseudo_labels"}
+    assert published.read_bytes() == first.read_bytes()
 
 
 def test_queued_sweep_runs_every_combination(repo):

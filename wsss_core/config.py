@@ -109,13 +109,19 @@ class DataParams:
 class PseudoLabelParams:
     # folder under data/pseudo_labels/ the ingested labels go to (tracked by DVC)
     name: str = "synthetic"
-    # "synthetic" = corrupt the synthetic GT with data.noise; otherwise a folder or a
-    # .zip/.tar/.tar.gz archive of PNGs named <image id>.png (e.g. A2GNN/EPS/RIB/VML labels)
-    source: str = "synthetic"
+    # a folder or .zip/.tar/.tar.gz archive of PNGs named <image id>.png (e.g. A2GNN/EPS/RIB/VML
+    # labels), or with `simulate` the GT folder whose masks are corrupted with data.noise. Always
+    # a path: dvc.yaml makes it a dependency, so new contents at the same path rerun the stage
+    source: str = "data/prepared/synthetic/VOC2012/SegmentationClassAug"
+    # true: simulated CAM-like noise on the masks in `source` (the synthetic dataset's GT)
+    simulate: bool = False
 
     def validate(self, where: str) -> None:
         _check(bool(self.name) and "/" not in self.name and self.name not in (".", ".."),
                f"{where}.name", "must be a plain folder name")
+        _check(self.source not in ("", "synthetic"), f"{where}.source",
+               "must be a path (for simulated noise: the synthetic GT folder "
+               "data/prepared/synthetic/VOC2012/SegmentationClassAug with simulate: true)")
 
 
 @dataclass
@@ -271,10 +277,10 @@ class Params:
         from .registry import get_method
 
         get_method(self.method)
-        if self.pseudo_labels.source == "synthetic" and self.dataset != "synthetic":
+        if self.pseudo_labels.simulate and self.dataset != "synthetic":
             raise ConfigError(
-                f"params.yaml: pseudo_labels.source 'synthetic' needs dataset 'synthetic' "
-                f"(got '{self.dataset}'); give a folder or archive of pseudo labels"
+                f"params.yaml: pseudo_labels.simulate needs dataset 'synthetic' (got "
+                f"'{self.dataset}'); give a folder or archive of pseudo labels as the source"
             )
 
     @property

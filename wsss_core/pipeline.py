@@ -66,12 +66,13 @@ def write_train_summary(paths: RunPaths, summary: dict, run_config: dict) -> Non
 
 def publish_pseudo_labels(params: Params, paths: RunPaths) -> dict:
     """The train split's pseudo labels in `paths.pseudo_labels`: simulated from the synthetic
-    GT with `data.noise`, or validated and copied from `pseudo_labels.source`."""
+    GT in `pseudo_labels.source` with `data.noise` (`pseudo_labels.simulate`), or validated and
+    copied from `pseudo_labels.source`."""
     check_configuration(params)
     split = resolve_split(params, "train", paths.prepared)
     out_dir = paths.pseudo_labels
-    if params.pseudo_labels.source == "synthetic":
-        info = synthesize_pseudo_labels(params, split, out_dir)
+    if params.pseudo_labels.simulate:
+        info = synthesize_pseudo_labels(params, split, params.pseudo_labels.source, out_dir)
     else:
         info = ingest_pseudo_labels(params.pseudo_labels.source, split, params.num_classes, out_dir)
     print(f"pseudo labels: {info['labels']} files in {out_dir}", flush=True)
@@ -87,8 +88,7 @@ def score_pseudo_labels(params: Params, paths: RunPaths, out: Path | None = None
                           n_jobs=params.evaluate.n_jobs)
     report = scores_report(matrix, class_names(params), what="pseudo_labels", split="train",
                            dataset=params.dataset, pseudo_labels=params.pseudo_labels.name,
-                           noise=params.data.noise if params.pseudo_labels.source == "synthetic"
-                           else None)
+                           noise=params.data.noise if params.pseudo_labels.simulate else None)
     write_report(out or paths.pseudo_label_scores, report)
     print(f"pseudo_labels: mIoU {report['miou']:.4f} on {len(split.ids)} train images", flush=True)
     return report

@@ -105,12 +105,17 @@ def ingest_pseudo_labels(source: str | Path, split: Split, num_classes: int,
     return {"source": str(source), "labels": len(ids), "ignored_extra_files": len(available) - len(ids)}
 
 
-def synthesize_pseudo_labels(params, split: Split, out_dir: str | Path) -> dict:
-    """Noisy, CAM-like pseudo labels for the synthetic train split (noise = `data.noise`)."""
+def synthesize_pseudo_labels(params, split: Split, gt_dir: str | Path, out_dir: str | Path) -> dict:
+    """Noisy, CAM-like pseudo labels of the synthetic train split: the masks in `gt_dir`
+    corrupted with `data.noise`."""
     from .synthetic import write_noisy_pseudo_labels
 
     ids = split.ids
+    gt_dir = Path(gt_dir)
+    if not gt_dir.is_dir():
+        raise DataError(gt_dir, "GT folder to simulate pseudo labels from not found (run the "
+                                "prepare_data stage)")
     with atomic_dir(out_dir) as tmp:
-        write_noisy_pseudo_labels(split.gt_dir, ids, tmp, params.data.noise, params.data.noise_types,
+        write_noisy_pseudo_labels(gt_dir, ids, tmp, params.data.noise, params.data.noise_types,
                                   params.data.noise_seed, params.data.synthetic.classes)
-    return {"source": "synthetic", "noise": params.data.noise, "labels": len(ids)}
+    return {"source": str(gt_dir), "noise": params.data.noise, "labels": len(ids)}
