@@ -16,8 +16,7 @@ from wsss_core.config import params_from_dict
 from wsss_core.errors import ConfigError
 from wsss_core.paths import RunPaths
 from wsss_core.pipeline import run_crf, run_inference, run_training
-from wsss_core.registry import (MethodRecord, get_method, method_names, register_method,
-                                unregister_method)
+from wsss_core.registry import MethodRecord, get_method, method_names, register_method, unregister_method
 
 
 class PixelClassifier(nn.Module):
