@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -61,8 +61,7 @@ class MethodRecord:
     predictors: Callable[[dict], dict[str, Predictor]]
     options: type
     val_extras: Callable[..., dict] | None = None
-    description: str = ""
-    tags: tuple[str, ...] = field(default_factory=tuple)
+    description: str = ""   # one line for people listing the methods
 
     @property
     def uses_pseudo_labels(self) -> bool:
