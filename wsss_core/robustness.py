@@ -6,14 +6,15 @@ robustness/dvc.yaml`) whose matrix stages call the functions here:
 * `make_pseudo_labels(noise)` simulates the synthetic train split's pseudo labels at one noise
   level (`data/robustness/pseudo_labels/noise_<level>/`) and scores them against the GT.
 * `run_cell(method, noise, seed)` runs the ordinary pipeline (train → infer → CRF, the same
-  functions the main stages call) for one configuration in a scratch workspace
-  `data/robustness/work/<cell>/` that holds a params.yaml derived from the repository's (method,
-  seed and noise replaced, one process) and links to the prepared data and that level's pseudo
-  labels. Only the cell's scores are kept (`metrics/robustness/runs/<group>/seed<k>.json`); an
-  interrupted cell resumes from the checkpoints left in its workspace.
+  functions the main stages call) for one configuration: the repository's params with the
+  cell's method, seed and noise (one process, `benchmark.threads` CPU threads), reading the
+  shared prepared data and that level's pseudo labels and writing into the cell's own folder
+  `data/robustness/work/<cell>/` (`cell_paths`). Only the cell's scores are kept
+  (`metrics/robustness/runs/<group>/seed<k>.json`); an interrupted cell resumes from the
+  checkpoints left in its folder.
 * `run_cells(method, noise)` is one DVC stage: the cells of every benchmark seed, `benchmark.jobs`
-  of them side by side in worker processes that share the cores out (small CPU models scale
-  poorly with threads, so parallel 1-thread cells finish sooner than 2-thread cells in turn).
+  of them side by side in worker processes (small CPU models scale poorly with threads, so
+  parallel 1-thread cells finish sooner than 2-thread cells in turn).
 * `write_report()` gathers every cell into `metrics/benchmark.json` (mean and spread over
   seeds, per noise level, next to the pseudo labels' own mIoU), `metrics/benchmark.csv` for
   `dvc plots` and the PNG plot of mIoU against noise.
@@ -140,6 +141,9 @@ def run_cell(method: str, noise: float | None, seed: int) -> dict:
     if uses_pseudo_labels(method) and not paths.pseudo_labels.is_dir():
         raise DataError(paths.pseudo_labels, "pseudo labels of this noise level not found (run "
                                              "the robustness pseudo_labels stage)")
+    # the cell's thread count is the benchmark's, whoever runs it (a worker of run_cells, or
+    # `stages/robustness.py run --seed k`): `distributed()` reads this budget
+    os.environ["WSSS_CPU_THREADS"] = str(params.benchmark.threads)
     started = time.time()
     summary = run_training(cell, paths)
     scores = run_inference(cell, paths)
@@ -162,13 +166,10 @@ def run_cell(method: str, noise: float | None, seed: int) -> dict:
     return result
 
 
-def _share_cores(threads: int) -> None:
-    """Worker initialiser: this cell's thread budget (read again by `distributed()`), no bars."""
-    import torch
-
-    os.environ["WSSS_CPU_THREADS"] = str(threads)
-    os.environ["WSSS_NO_PROGRESS"] = "1"  # interleaved bars of side-by-side cells are unreadable
-    torch.set_num_threads(threads)
+def _quiet_worker() -> None:
+    """Worker initialiser: no progress bars (interleaved bars of side-by-side cells are
+    unreadable)."""
+    os.environ["WSSS_NO_PROGRESS"] = "1"
 
 
 def _run_cell_in_worker(method: str, noise: float | None, seed: int) -> dict:
@@ -189,13 +190,11 @@ def run_cells(method: str, noise: float | None) -> list[dict]:
     grid = _benchmark_params().benchmark
     seeds = list(grid.seeds)
     jobs = min(grid.jobs, len(seeds))
-    threads = grid.threads
     if jobs == 1:
-        _share_cores(threads)
         return [run_cell(method, noise, seed) for seed in seeds]
     results, failures = [], []
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_share_cores, initargs=(threads,)) as pool:
+                             initializer=_quiet_worker) as pool:
         futures = [pool.submit(_run_cell_in_worker, method, noise, seed) for seed in seeds]
         for future in futures:
             try:
