@@ -194,6 +194,30 @@ def test_mismatch_is_one_line_data_error_naming_file_and_first_keys(tmp_path):
         load_trained_weights(build_model("baseline", 5, **TINY_DEEPLAB), path)
 
 
+def test_own_checkpoint_roundtrip_and_strictness(tmp_path):
+    """The one loader of trained weights also reads this project's training checkpoints (the
+    weights under `model`) and refuses another method's model in both directions."""
+    def tiny(method):
+        torch.manual_seed(0)
+        return build_model(method, 5, **TINY_DEEPLAB)
+
+    trained = tiny("cdl_e")
+    for parameter in trained.parameters():
+        parameter.data.add_(1.0)
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"model": trained.state_dict(), "iteration": 7}, path)
+    fresh = tiny("cdl_e")
+    assert load_trained_weights(fresh, path).name == "wsss"
+    assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(),
+                                                 fresh.state_dict().values()))
+    # a CDL-e checkpoint into a CDL-b model: aspp_3rd is not in the model
+    with pytest.raises(DataError, match="file keys not in the model .*base.aspp_3rd"):
+        load_trained_weights(tiny("cdl_b"), path)
+    # a baseline state dict into CDL-b: expert 2 and the affinity head are missing
+    with pytest.raises(DataError, match="model keys not in the file .*base.aspp_2nd"):
+        load_trained_weights(tiny("cdl_b"), tiny("baseline").state_dict())
+
+
 # --------------------------------------------------------------------------- through the pipeline
 @pytest.mark.parametrize("method,shapes", [("baseline", deeplab_keys()), ("dupl", toco_keys())])
 def test_run_inference_scores_a_released_checkpoint(method, shapes, tmp_path, monkeypatch):
@@ -208,7 +232,7 @@ def test_run_inference_scores_a_released_checkpoint(method, shapes, tmp_path, mo
     torch.save(random_state(shapes, "module."), weights)
     params = params_from_dict({
         "method": method, "dataset": "voc12", "data": {"voc12": {"root": str(root)}},
-        "pseudo_labels": {"source": str(root / "SegmentationClassAug")},
+        "pseudo_labels": {"source": "files", "path": str(root / "SegmentationClassAug")},
         "train": {"preset": "tiny"}, "infer": {"device": "cpu", "weights": str(weights)},
         "evaluate": {"n_jobs": 1}})
     paths = RunPaths.defaults(params, tmp_path / "run")

@@ -6,9 +6,10 @@ so a misspelt parameter is a one-line `ConfigError`.
 
 `load_init_weights` loads backbone init weights (e.g. the Caffe-converted DeepLab ResNet-101,
 keys like ``layer4.block7.conv3x3.conv.weight`` plus an unused ``fc.*``) into `model.base`,
-non-strictly; `load_checkpoint` loads a whole-model state dict (keys ``base.*``), strictly by
-default. Both return a `LoadReport` naming the missing and unexpected keys; a shape mismatch is a
-`WsssError` naming the key and both shapes, a missing or unreadable file a `DataError`.
+non-strictly, and returns a `LoadReport` naming the missing and unexpected keys; a shape mismatch
+is a `WsssError` naming the key and both shapes, a missing or unreadable file a `DataError`.
+Whole trained models (this project's `model.pth`, released checkpoints) load strictly with
+`wsss_core.models.checkpoints.load_trained_weights`, the one loader of trained weights.
 """
 from __future__ import annotations
 
@@ -130,7 +131,7 @@ def read_state_dict(source: str | Path | Mapping[str, torch.Tensor], kind: str =
 
 
 def _load_into(target: nn.Module, state: dict[str, torch.Tensor], where: str,
-               key_prefix: str = "", strict: bool = False) -> LoadReport:
+               key_prefix: str = "") -> LoadReport:
     own = target.state_dict()
     for key, value in state.items():
         if key in own and tuple(own[key].shape) != tuple(value.shape):
@@ -143,13 +144,6 @@ def _load_into(target: nn.Module, state: dict[str, torch.Tensor], where: str,
         missing=[key_prefix + k for k in own if k not in state],
         unexpected=[k for k in state if k not in own],  # as named in the file
     )
-    if strict and (report.missing or report.unexpected):
-        problems = []
-        for what, keys in (("missing", report.missing), ("unexpected", report.unexpected)):
-            if keys:
-                problems.append(f"{len(keys)} {what} keys ({', '.join(keys[:5])}"
-                                f"{', ...' if len(keys) > 5 else ''})")
-        raise WsssError(f"{where}: checkpoint does not match the model: " + "; ".join(problems))
     target.load_state_dict(state, strict=False)
     return report
 
@@ -181,13 +175,5 @@ def load_init_weights(model: nn.Module, source: str | Path | Mapping[str, torch.
     return report
 
 
-def load_checkpoint(model: nn.Module, source: str | Path | Mapping[str, torch.Tensor],
-                    strict: bool = True) -> LoadReport:
-    """Load a whole-model state dict (e.g. a trained checkpoint, keys `base.*`). With `strict`,
-    any missing or unexpected key is a `WsssError` listing them."""
-    state, where = read_state_dict(source)
-    return _load_into(unwrap(model), state, where, strict=strict)
-
-
-__all__ = ["build_model", "LoadReport", "load_init_weights", "load_checkpoint",
-           "read_state_dict", "unwrap", "freeze_batchnorm", "MSC", "MscOutputs"]
+__all__ = ["build_model", "LoadReport", "load_init_weights", "read_state_dict", "unwrap",
+           "freeze_batchnorm", "MSC", "MscOutputs"]

@@ -13,7 +13,7 @@ resized bicubically (no antialiasing, as the original) to the token grid of ever
 input size works (the patch convolution floors H/16, W/16). The unused ImageNet `head` of the
 timm model is kept but frozen, so state dicts have the original DuPL layout
 (`branch1.encoder.blocks.0.attn.qkv.weight`, `branch2.decoder.conv6.weight`, ...) and released
-DuPL checkpoints load with `models.load_checkpoint`.
+DuPL checkpoints load with `models.checkpoints.load_trained_weights`.
 
 Forward (`DuplNet.forward(images, strong_images=None, strong_scale=0.75)`) runs both students
 once with gradients and returns a `DuplOutputs`; the strong view (already in the orientation the
