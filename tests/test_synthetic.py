@@ -1,4 +1,5 @@
 """The synthetic VOC-layout dataset generator and the pseudo-label noise model."""
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from wsss_core.io import read_id_list, read_image, read_label, write_label
 from wsss_core.metrics import ConfusionMatrix
 
 TINY = SyntheticData(num_train=6, num_val=3, min_size=40, max_size=56, max_objects=3,
-                     classes=[3, 8, 12], seed=3)
+                     classes=[3, 8, 12], seed=3, num_test=2)
 NO_NOISE = dict(boundary=0.0, missing_parts=0.0, false_positives=0.0, class_confusion=0.0,
                 ignore=0.0)
 
@@ -49,14 +50,19 @@ def test_layout_and_lists(tiny_root):
     root, summary = tiny_root
     train = [f"syn_train_{i:06d}" for i in range(6)]
     val = [f"syn_val_{i:06d}" for i in range(3)]
+    test = ["syn_test_000000", "syn_test_000001"]
     lists = root / "ImageSets/Segmentation"
     assert (lists / "train_aug.txt").read_text() == "".join(f"{i}\n" for i in train)
     assert (lists / "val.txt").read_text() == "".join(f"{i}\n" for i in val)
-    expected = {"ImageSets/Segmentation/train_aug.txt", "ImageSets/Segmentation/val.txt"}
-    expected |= {f"JPEGImages/{i}.jpg" for i in train + val}
-    expected |= {f"SegmentationClassAug/{i}.png" for i in train + val}
-    assert set(_files(root)) == expected          # nothing else (no temporary files left)
-    assert summary["images"] == {"train": 6, "val": 3}
+    assert (lists / "test.txt").read_text() == "".join(f"{i}\n" for i in test)
+    expected = {"ImageSets/Segmentation/train_aug.txt", "ImageSets/Segmentation/val.txt",
+                "ImageSets/Segmentation/test.txt"}
+    expected |= {f"JPEGImages/{i}.jpg" for i in train + val + test}
+    expected |= {f"SegmentationClassAug/{i}.png" for i in train + val + test}
+    # nothing else (no temporary files left, no context maps with context 0)
+    assert set(_files(root)) == expected
+    assert summary["images"] == {"train": 6, "val": 3, "test": 2}
+    assert "context" not in summary
     assert set(summary["pixel_frequency"]) == {"background", "bird", "cat", "dog"}
     assert abs(sum(summary["pixel_frequency"].values()) - 1.0) < 1e-3
 
@@ -118,6 +124,68 @@ def test_render_sample_depends_only_on_config_split_and_index():
     image_b, gt_b = render_sample(TINY, "val", 2)
     np.testing.assert_array_equal(image_a, image_b)
     np.testing.assert_array_equal(gt_a, gt_b)
+
+
+# sha256 of image bytes + GT bytes + str(image shape) of render_sample(cfg, split, i), computed
+# with the generator before `context`, `part_focus` and the test split existed: with both options
+# at 0 every image and GT must stay exactly what it was (DVC caches, published results)
+PRE_CONTEXT_DIGESTS = {
+    ("default", "train", 0): "6ad9c121a1e267943bccaa093d285cc29ccc76394a4e7783ec0f15af84265db1",
+    ("default", "train", 1): "bff2998f736d8e735c604ff4edc7e005dbbddd0dd16b656afde8d4c2c31e971c",
+    ("default", "train", 7): "240283f25be156281db442ce6b1f361bf9393c475bd8fb95deb9b6548fd92f67",
+    ("default", "val", 0): "53cad9f91b398405e255f230d5a185617c98a94f4530533c8db9da235d238c62",
+    ("default", "val", 1): "d926734fe01344955494eb79f65bb8a16bc497101ea228ac30995e760d8ed263",
+    ("default", "val", 7): "b5accfe04512724c905390b1f967dfbfc2029b105128cf9c6647f6be532c3f72",
+    ("all20", "train", 0): "f1da9f3047dc399a058759fc25f0f33bc62d992a4af47425c4c4809358a34755",
+    ("all20", "train", 1): "e68a03f57184016d36627887d15bb32257780e8370b5b55f0e6a671d573fe365",
+    ("all20", "train", 7): "452ae46a501b3dde244d41f7f0ce07d199bb13bd93de4a59ec8d4095cc6e0356",
+    ("all20", "val", 0): "8f6a12fabf5728438b155bd6507f0c4d660230f84cf3929c80c253d85c4fd892",
+    ("all20", "val", 1): "ce138833c8c144492b42190e013807ad43235dacd31c0c3111a9cdbc207953f3",
+    ("all20", "val", 7): "edc5aca3d3bffdf2e7bdb6824a4d65edf4db0aff85048f0d29b57856323f9ee9",
+}
+DIGEST_CONFIGS = {
+    "default": SyntheticData(),
+    "all20": SyntheticData(classes=list(range(1, 21)), seed=5, min_size=48, max_size=64),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DIGEST_CONFIGS))
+def test_context_and_part_focus_at_zero_keep_the_pre_context_images(name):
+    cfg = DIGEST_CONFIGS[name]
+    assert cfg.context == 0.0 and cfg.part_focus == 0.0     # the dataclass defaults
+    for split in ("train", "val"):
+        for index in (0, 1, 7):
+            image, gt = render_sample(cfg, split, index)
+            digest = hashlib.sha256(image.tobytes() + gt.tobytes() + str(image.shape).encode())
+            assert digest.hexdigest() == PRE_CONTEXT_DIGESTS[(name, split, index)], (split, index)
+
+
+def test_part_focus_dulls_the_body_but_keeps_shape_and_the_discriminative_part():
+    cfg = SyntheticData(classes=[8, 12], max_objects=1, min_size=64, max_size=64)
+    focused = SyntheticData(**{**cfg.__dict__, "part_focus": 1.0})
+    for index in range(4):
+        image, gt = render_sample(cfg, "train", index)
+        image_f, gt_f = render_sample(focused, "train", index)
+        np.testing.assert_array_equal(gt_f, gt)          # same objects in the same places
+        background = gt == 0
+        # only object pixels change (the background and its sensor noise are the same draws)
+        assert (image_f[background] == image[background]).all()
+        obj = (gt != 0) & (gt != 255)
+        assert (image_f[obj] != image[obj]).any(axis=-1).mean() > 0.3
+        # at full strength the body is a flat shared colour: its spread shrinks
+        assert image_f[obj].std(axis=0).mean() < image[obj].std(axis=0).mean()
+
+
+def test_test_split_has_its_own_ids_and_images(tiny_root):
+    root, _ = tiny_root
+    ids = {name: read_id_list(root / "ImageSets/Segmentation" / f"{name}.txt")
+           for name in ("train_aug", "val", "test")}
+    assert not set(ids["test"]) & (set(ids["train_aug"]) | set(ids["val"]))
+    image_test, gt_test = render_sample(TINY, "test", 0)
+    image_val, _ = render_sample(TINY, "val", 0)
+    assert image_test.shape != image_val.shape or (image_test != image_val).any()
+    np.testing.assert_array_equal(read_label(root / "SegmentationClassAug/syn_test_000000.png"),
+                                  gt_test)
 
 
 def test_unknown_class_style_is_a_config_error(tmp_path):

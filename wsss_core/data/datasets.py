@@ -48,8 +48,10 @@ def _under(root: Path, path: str) -> Path:
 
 
 def voc_layout_split(root: Path, split: str, image_dir: str = "JPEGImages",
-                     gt_dir: str = "SegmentationClassAug", list_file: str | None = None) -> Split:
-    """A split of a dataset in VOC layout under `root` (the synthetic data, VOC 2012)."""
+                     gt_dir: str = "SegmentationClassAug", list_file: str | None = None,
+                     test_has_gt: bool = False) -> Split:
+    """A split of a dataset in VOC layout under `root` (the synthetic data, VOC 2012). VOC's
+    test split has no GT; the synthetic one (`test_has_gt`) has."""
     default_lists = {"train": "ImageSets/Segmentation/train_aug.txt",
                      "val": "ImageSets/Segmentation/val.txt",
                      "test": "ImageSets/Segmentation/test.txt"}
@@ -57,7 +59,7 @@ def voc_layout_split(root: Path, split: str, image_dir: str = "JPEGImages",
         name=split,
         list_file=_under(root, list_file or default_lists[split]),
         image_dir=_under(root, image_dir),
-        gt_dir=None if split == "test" else _under(root, gt_dir),
+        gt_dir=None if split == "test" and not test_has_gt else _under(root, gt_dir),
     )
 
 
@@ -68,7 +70,7 @@ def resolve_split(params: Params, split: str, prepared: Path | None = None) -> S
         raise ConfigError(f"unknown split '{split}' (allowed: {', '.join(SPLITS)})")
     if params.dataset == "synthetic":
         prepared = Path("data/prepared/synthetic") if prepared is None else Path(prepared)
-        return voc_layout_split(prepared / SYNTHETIC_FOLDER, split)
+        return voc_layout_split(prepared / SYNTHETIC_FOLDER, split, test_has_gt=True)
     if params.dataset == "voc12":
         cfg = params.data.voc12
         lists = {"train": cfg.train_list, "val": cfg.val_list, "test": cfg.test_list}

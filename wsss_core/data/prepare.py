@@ -4,8 +4,11 @@
 - voc12: check the user's VOC 2012 + SBD copy (every listed id has an image and GT of one size);
 - coco14: convert COCO instance annotations to VOC-style masks where they are missing, then check.
 
-Each writes `cls_labels.json` (image-level labels of every train and val image, the labels DuPL
-trains from) and `summary.json` into `data/prepared/<dataset>/`, replaced as a whole.
+Each writes `cls_labels.json` (image-level labels of every train and val image, and of the
+synthetic test images; the labels DuPL trains from) and `summary.json` into
+`data/prepared/<dataset>/`, replaced as a whole. The synthetic data also has a test split with GT
+and, with `data.synthetic.context` > 0, context maps (`VOC2012/SegmentationContext/`), whose
+per-class figures go into the summary.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from ..errors import DataError
 from ..io import atomic_dir, image_size, read_label, write_id_list, write_json
 from .classes import classes_in_label, read_class_labels, write_class_labels
 from .datasets import SYNTHETIC_FOLDER, Split, resolve_split, voc_layout_split
+
 
 def _check_chunk(split: Split, ids: list[str], num_classes: int) -> dict[str, list[int]]:
     """Check one chunk of ids; return their image-level labels derived from the GT."""
@@ -67,15 +71,19 @@ def prepare_dataset(params: Params, out: Path) -> dict:
         if params.dataset == "synthetic":
             from .synthetic import generate_dataset
 
-            generate_dataset(tmp / SYNTHETIC_FOLDER, params.data.synthetic)
-            splits = {name: voc_layout_split(tmp / SYNTHETIC_FOLDER, name) for name in ("train", "val")}
+            generated = generate_dataset(tmp / SYNTHETIC_FOLDER, params.data.synthetic)
+            names = ("train", "val", "test") if params.data.synthetic.num_test else ("train", "val")
+            splits = {name: voc_layout_split(tmp / SYNTHETIC_FOLDER, name, test_has_gt=True)
+                      for name in names}
             n_jobs, given_labels = 1, ""
+            context_figures = generated.get("context")
         else:
             if params.dataset == "coco14" and params.data.coco14.convert:
                 _convert_coco_masks(params)
             cfg = params.data.voc12 if params.dataset == "voc12" else params.data.coco14
             splits = {name: resolve_split(params, name) for name in ("train", "val")}
             n_jobs, given_labels = -1, cfg.class_labels
+            context_figures = None
         class_labels: dict[str, list[int]] = {}
         summary = {"dataset": params.dataset, "num_classes": num_classes, "splits": {}}
         for name, split in splits.items():
@@ -83,6 +91,8 @@ def prepare_dataset(params: Params, out: Path) -> dict:
             class_labels.update(derived)
             summary["splits"][name] = {"images": len(derived),
                                        "list": str(resolve_split(params, name, out).list_file)}
+        if context_figures:   # per class: share of images with context, context/object area
+            summary["context"] = context_figures
         if given_labels:
             # users of DuPL/ToCo may bring their own cls_labels file; it must cover every image
             given = read_class_labels(given_labels, num_classes)

@@ -2,9 +2,13 @@
 whole dataset in exact PASCAL VOC layout (JPEGImages/, SegmentationClassAug/ palette PNGs with a
 void band on object boundaries, ImageSets/Segmentation lists).
 
-Each image is a cluttered, textured background with 1..max_objects objects; class evidence lies on
-the object (backgrounds are class-agnostic). Every image has its own RNG of (seed, split, index),
-so outputs do not depend on order or parallelism.
+Each image is a cluttered, textured background with 1..max_objects objects. By default class
+evidence lies on the object (backgrounds are class-agnostic); `context` adds each class's
+co-occurring background structure beside its objects (`context_styles`), `part_focus` keeps the
+class look only on a discriminative part (`shapes.PART_FOCUS`) - the two ways real CAMs fail.
+Every image has its own RNG of (seed, split, index), and context and part focus each have a
+separate one, so outputs do not depend on order or parallelism, and with both at 0 the images
+are exactly those of the generator before these options existed.
 """
 from __future__ import annotations
 
@@ -20,41 +24,26 @@ from ...config import SyntheticData
 from ...errors import WsssError
 from ...io import IGNORE_INDEX, atomic_dir, write_id_list, write_image, write_label
 from ..classes import VOC_CLASSES
-from .shapes import CLASS_STYLES, bar, ellipse
+from .context import context_counts, context_summary
+from .context_styles import paint_context
+from .fields import hsv as _hsv
+from .fields import smooth_noise
+from .shapes import CLASS_STYLES, PART_FOCUS, SHARED_PALETTE, bar, ellipse
 
 TRAIN_LIST = "ImageSets/Segmentation/train_aug.txt"
 VAL_LIST = "ImageSets/Segmentation/val.txt"
-SPLIT_PREFIX = {"train": "syn_train", "val": "syn_val"}
-_SPLIT_CODE = {"train": 1, "val": 2}
+TEST_LIST = "ImageSets/Segmentation/test.txt"
+CONTEXT_FOLDER = "SegmentationContext"   # <id>.png: 0, or the class whose context a pixel is
+SPLIT_LISTS = {"train": TRAIN_LIST, "val": VAL_LIST, "test": TEST_LIST}
+SPLIT_PREFIX = {"train": "syn_train", "val": "syn_val", "test": "syn_test"}
+_SPLIT_CODE = {"train": 1, "val": 2, "test": 3}
+# extra SeedSequence words of the separate RNGs (context drawing, part focus)
+_CONTEXT_STREAM, _FOCUS_STREAM = 7, 8
 
 
 # --------------------------------------------------------------------------- drawing helpers
-def _hsv(h, s, v) -> np.ndarray:
-    return np.array(colorsys.hsv_to_rgb(h % 1.0, min(max(s, 0.0), 1.0), min(max(v, 0.0), 1.0)),
-                    dtype=np.float32)
-
-
 def _uniform(rng, lo_hi) -> float:
     return float(lo_hi[0] + (lo_hi[1] - lo_hi[0]) * rng.random())
-
-
-def smooth_noise(rng, h: int, w: int, cells: int, channels: int = 1) -> np.ndarray:
-    """(h, w, channels) smooth noise: a (cells+1)^2 random grid, smoothstep-interpolated.
-
-    The number of random draws depends only on `cells` and `channels`, not on the image size.
-    """
-    grid = rng.standard_normal((cells + 1, cells + 1, channels)).astype(np.float32)
-
-    def axis(n):
-        pos = (np.arange(n, dtype=np.float32) + 0.5) * cells / n
-        i0 = np.minimum(pos.astype(np.int64), cells - 1)
-        t = pos - i0
-        return i0, (t * t * (3 - 2 * t))[:, None]
-
-    y0, ty = axis(h)
-    x0, tx = axis(w)
-    rows = grid[:, x0] * (1 - tx) + grid[:, x0 + 1] * tx        # (cells+1, w, channels)
-    return rows[y0] * (1 - ty[:, :, None]) + rows[y0 + 1] * ty[:, :, None]
 
 
 def _polygon_mask(h: int, w: int, polygons: Iterable[tuple[int, list]]) -> np.ndarray:
@@ -92,6 +81,7 @@ def _texture(kind: str, u: np.ndarray, v: np.ndarray, freq: float, angle: float,
 class _Placed:
     mask: np.ndarray
     area: int
+    cls: int = 0
 
 
 def _background(rng, h: int, w: int) -> np.ndarray:
@@ -127,8 +117,12 @@ def _background(rng, h: int, w: int) -> np.ndarray:
     return image
 
 
-def _draw_object(rng, cls: int, h: int, w: int, shrink: float):
-    """Mask (h, w) of one object instance and the (N, 3) colours of its N mask pixels."""
+def _draw_object(rng, cls: int, h: int, w: int, shrink: float, focus=None):
+    """Mask (h, w) of one object instance and the (N, 3) colours of its N mask pixels.
+
+    `focus` (strength, rng) or None: outside the class's discriminative part the texture
+    contrast is cut by `strength` and the colour pulled by `strength` towards a shared dull
+    colour (drawn from `rng`, so the main rng's draws are those of focus None)."""
     style = CLASS_STYLES[cls]
     parts = style.template(rng)
     short = min(h, w)
@@ -167,15 +161,26 @@ def _draw_object(rng, cls: int, h: int, w: int, shrink: float):
         patches = smooth_noise(rng, h, w, max(2, int(round(short / scale * 1.5))))[py, px, 0]
     t = _texture(style.texture, u, v, _uniform(rng, style.tex_freq),
                  style.tex_angle + _uniform(rng, (-0.3, 0.3)), rng.random(), patches)
+    if focus is not None:
+        strength, focus_rng = focus
+        a, b, c = PART_FOCUS[cls]
+        rest = (a * u + b * v <= c)[:, None]
+        dull_hsv = SHARED_PALETTE[int(focus_rng.integers(len(SHARED_PALETTE)))]
+        dull = _hsv(*(np.asarray(dull_hsv) + (focus_rng.random(3) - 0.5) * (0.04, 0.06, 0.1)))
+        t = np.where(rest[:, 0], t * (1.0 - strength), t).astype(np.float32)
     body_colour = body + (tex_colour - body) * t[:, None]
     shade = 1.0 + 0.12 * np.clip(-v, -1.5, 1.5)[:, None] * _uniform(rng, (0.5, 1.0))
     colours = np.where((materials == 1)[:, None], body_colour,
-                       np.where((materials == 2)[:, None], second, third)) * shade
+                       np.where((materials == 2)[:, None], second, third))
+    if focus is not None:
+        colours = np.where(rest, colours + (dull - colours) * strength, colours)
+    colours = colours * shade
     return mask, colours.astype(np.float32)
 
 
-def _render_image(rng, cfg: SyntheticData, first_class: int):
-    """One image (H×W×3 uint8) and its GT label (H×W uint8 with void borders)."""
+def _render_image(rng, cfg: SyntheticData, first_class: int, context_rng=None, focus_rng=None):
+    """One image (H×W×3 uint8), its GT label (H×W uint8 with void borders) and its context map
+    (H×W uint8: the class whose context a pixel shows, else 0; None without `context_rng`)."""
     h = int(rng.integers(cfg.min_size, cfg.max_size + 1))
     w = int(rng.integers(cfg.min_size, cfg.max_size + 1))
     n_objects = int(rng.integers(1, cfg.max_objects + 1))
@@ -185,9 +190,10 @@ def _render_image(rng, cfg: SyntheticData, first_class: int):
     label = np.zeros((h, w), np.uint8)
     placed: list[_Placed] = []
     shrink = 1.0 if n_objects == 1 else 0.8
+    focus = None if focus_rng is None else (cfg.part_focus, focus_rng)
     for cls in chosen:
         for _attempt in range(8):
-            mask, colours = _draw_object(rng, cls, h, w, shrink)
+            mask, colours = _draw_object(rng, cls, h, w, shrink, focus)
             area = int(mask.sum())
             if area < 4:
                 continue
@@ -199,12 +205,19 @@ def _render_image(rng, cfg: SyntheticData, first_class: int):
             continue
         for p in placed:
             p.mask &= ~mask
-        placed.append(_Placed(mask.copy(), int(mask.sum())))
+        placed.append(_Placed(mask.copy(), int(mask.sum()), cls))
         image[mask] = colours
         label[mask] = cls
+    context = None
+    if context_rng is not None:
+        # only on background pixels, after all objects: the GT and the objects stay as they are
+        context = np.zeros((h, w), np.uint8)
+        for p in placed:
+            if context_rng.random() < cfg.context and p.mask.any():
+                paint_context(context_rng, image, context, label != 0, p.mask, p.cls)
     image = image + rng.normal(0.0, 0.015, image.shape).astype(np.float32)
     image = np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    return image, add_void_border(label)
+    return image, add_void_border(label), context
 
 
 def add_void_border(label: np.ndarray) -> np.ndarray:
@@ -222,21 +235,32 @@ def add_void_border(label: np.ndarray) -> np.ndarray:
     return out
 
 
-def _image_rng(seed: int, split: str, index: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([seed % 2**63, _SPLIT_CODE[split], index]))
+def _image_rng(seed: int, split: str, index: int, *stream: int) -> np.random.Generator:
+    return np.random.default_rng(
+        np.random.SeedSequence([seed % 2**63, _SPLIT_CODE[split], index, *stream]))
+
+
+def render_sample_with_context(cfg: SyntheticData, split: str, index: int
+                               ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Image, GT and context map (None when `cfg.context` is 0) of sample `index` of `split`;
+    depends only on (cfg, split, index)."""
+    rng = _image_rng(cfg.seed, split, index)
+    context_rng = _image_rng(cfg.seed, split, index, _CONTEXT_STREAM) if cfg.context > 0 else None
+    focus_rng = _image_rng(cfg.seed, split, index, _FOCUS_STREAM) if cfg.part_focus > 0 else None
+    # the first object's class cycles through the classes: classes stay balanced per split
+    first = cfg.classes[(index + _SPLIT_CODE[split]) % len(cfg.classes)]
+    for _ in range(20):
+        image, label, context = _render_image(rng, cfg, first, context_rng, focus_rng)
+        if ((label != 0) & (label != IGNORE_INDEX)).any():
+            return image, label, context
+    raise WsssError(f"data.synthetic: could not draw a visible object in a {cfg.min_size}px image; "
+                    "raise min_size")
 
 
 def render_sample(cfg: SyntheticData, split: str, index: int) -> tuple[np.ndarray, np.ndarray]:
     """Image and GT of sample `index` of `split`; depends only on (cfg, split, index)."""
-    rng = _image_rng(cfg.seed, split, index)
-    # the first object's class cycles through the classes: classes stay balanced per split
-    first = cfg.classes[(index + _SPLIT_CODE[split]) % len(cfg.classes)]
-    for _ in range(20):
-        image, label = _render_image(rng, cfg, first)
-        if ((label != 0) & (label != IGNORE_INDEX)).any():
-            return image, label
-    raise WsssError(f"data.synthetic: could not draw a visible object in a {cfg.min_size}px image; "
-                    "raise min_size")
+    image, label, _ = render_sample_with_context(cfg, split, index)
+    return image, label
 
 
 def _check_config(cfg: SyntheticData) -> None:
@@ -245,17 +269,23 @@ def _check_config(cfg: SyntheticData) -> None:
         raise WsssError(f"data.synthetic.classes: no synthetic style for class ids {unknown}")
 
 
-def _write_sample(root: Path, cfg: SyntheticData, split: str, index: int) -> np.ndarray:
-    image, label = render_sample(cfg, split, index)
+def _write_sample(root: Path, cfg: SyntheticData, split: str, index: int):
+    image, label, context = render_sample_with_context(cfg, split, index)
     image_id = f"{SPLIT_PREFIX[split]}_{index:06d}"
     write_image(root / "JPEGImages" / f"{image_id}.jpg", image, quality=95)
     write_label(root / "SegmentationClassAug" / f"{image_id}.png", label)
-    return np.bincount(label.reshape(-1), minlength=256)
+    if context is not None:
+        write_label(root / CONTEXT_FOLDER / f"{image_id}.png", context)
+    return np.bincount(label.reshape(-1), minlength=256), context_counts(label, context)
+
+
+def split_sizes(cfg: SyntheticData) -> dict[str, int]:
+    return {"train": cfg.num_train, "val": cfg.num_val, "test": cfg.num_test}
 
 
 def split_ids(cfg: SyntheticData) -> dict[str, list[str]]:
-    return {"train": [f"{SPLIT_PREFIX['train']}_{i:06d}" for i in range(cfg.num_train)],
-            "val": [f"{SPLIT_PREFIX['val']}_{i:06d}" for i in range(cfg.num_val)]}
+    return {split: [f"{SPLIT_PREFIX[split]}_{i:06d}" for i in range(n)]
+            for split, n in split_sizes(cfg).items()}
 
 
 def generate_dataset(out_root: Path, cfg: SyntheticData, n_jobs: int = 1) -> dict:
@@ -265,28 +295,29 @@ def generate_dataset(out_root: Path, cfg: SyntheticData, n_jobs: int = 1) -> dic
     and its share of labelled (non-void) pixels, plus the void share.
     """
     _check_config(cfg)
-    jobs = [(split, i) for split, n in (("train", cfg.num_train), ("val", cfg.num_val))
-            for i in range(n)]
+    jobs = [(split, i) for split, n in split_sizes(cfg).items() for i in range(n)]
     with atomic_dir(out_root) as tmp:
         if n_jobs == 1:
-            counts = [_write_sample(tmp, cfg, split, i) for split, i in jobs]
+            results = [_write_sample(tmp, cfg, split, i) for split, i in jobs]
         else:
             from joblib import Parallel, delayed
 
-            counts = Parallel(n_jobs=n_jobs)(delayed(_write_sample)(tmp, cfg, split, i)
-                                             for split, i in jobs)
-        ids = split_ids(cfg)
-        write_id_list(tmp / TRAIN_LIST, ids["train"])
-        write_id_list(tmp / VAL_LIST, ids["val"])
-    counts = np.stack(counts)                       # (images, 256)
+            results = Parallel(n_jobs=n_jobs)(delayed(_write_sample)(tmp, cfg, split, i)
+                                              for split, i in jobs)
+        for split, ids in split_ids(cfg).items():
+            write_id_list(tmp / SPLIT_LISTS[split], ids)
+    counts = np.stack([r[0] for r in results])      # (images, 256)
     total = counts.sum(axis=0)
     labelled = total.sum() - total[IGNORE_INDEX]
     names = {c: VOC_CLASSES[c] for c in [0, *sorted(cfg.classes)]}
-    return {
-        "images": {"train": cfg.num_train, "val": cfg.num_val},
+    summary = {
+        "images": split_sizes(cfg),
         "images_per_class": {names[c]: int((counts[:, c] > 0).sum()) for c in names if c},
         "pixel_frequency": {names[c]: round(float(total[c] / labelled), 4) for c in names},
         "void_fraction": round(float(total[IGNORE_INDEX] / total.sum()), 4),
     }
+    if cfg.context > 0:
+        summary["context"] = context_summary([r[1] for r in results], names)
+    return summary
 
 

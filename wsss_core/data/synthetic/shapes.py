@@ -298,3 +298,36 @@ CLASS_STYLES: dict[int, ClassStyle] = {
                    rotation=5.0),
 }
 
+
+# --------------------------------------------------------------------------- discriminative parts
+# The part of each template that keeps the class look under `part_focus` (a half-plane of the
+# template's local coordinates: a*u + b*v > c; u along the object, v down): the head of animals
+# and people, the front of vehicles, the back of chairs, the sail of boats. The rest of the body
+# is pulled towards `SHARED_PALETTE`, so that like a real classifier's CAM, evidence concentrates
+# on this part.
+PART_FOCUS: dict[int, tuple[float, float, float]] = {
+    1: (1.0, 0.0, 0.35),     # aeroplane: nose and cockpit
+    2: (1.0, 0.0, 0.15),     # bicycle: front wheel and fork
+    3: (1.0, 0.0, 0.35),     # bird: head and beak
+    4: (0.0, -1.0, -0.1),    # boat: sail and mast
+    5: (0.0, -1.0, 0.3),     # bottle: neck and cap
+    6: (1.0, 0.0, 0.35),     # bus: front
+    7: (0.0, -1.0, 0.05),    # car: cabin and roof
+    8: (1.0, 0.0, 0.35),     # cat: head
+    9: (-1.0, 0.0, 0.3),     # chair: backrest
+    10: (1.0, 0.0, 0.35),    # cow: head and horns
+    11: (0.0, -1.0, 0.1),    # diningtable: top
+    12: (1.0, 0.0, 0.35),    # dog: head
+    13: (1.0, 0.0, 0.35),    # horse: head and mane
+    14: (1.0, 0.0, 0.25),    # motorbike: front
+    15: (0.0, -1.0, 0.35),   # person: head and shoulders
+    16: (0.0, -1.0, 0.35),   # pottedplant: top of the foliage
+    17: (1.0, 0.0, 0.35),    # sheep: head
+    18: (0.0, -1.0, 0.15),   # sofa: back cushions
+    19: (1.0, 0.0, 0.45),    # train: front
+    20: (0.0, -1.0, 0.1),    # tvmonitor: upper screen
+}
+
+# dull HSV colours shared by all classes: the non-discriminative rest of an object under part_focus
+SHARED_PALETTE: tuple[tuple[float, float, float], ...] = (
+    (0.08, 0.15, 0.55), (0.6, 0.08, 0.5), (0.0, 0.0, 0.45), (0.12, 0.2, 0.62), (0.55, 0.1, 0.4))
