@@ -133,3 +133,31 @@ def test_context_statistics_on_hand_made_maps(tmp_path):
     out = context_statistics({"a": clean}, tmp_path / "gt", tmp_path / "ctx", ["a"], 21)
     assert out["fp_on_context_share"] is None and out["context_fp_rate"] == 0.0
     assert out["missed_object_share"] == 0.0
+
+
+def test_pseudo_label_scores_report_the_context_headline(tmp_path):
+    import json
+
+    from wsss_core.paths import RunPaths
+    from wsss_core.pipeline import score_pseudo_labels
+
+    params = params_from_dict({"data": {"synthetic": {
+        "num_train": 3, "num_val": 1, "num_test": 0, "min_size": 40, "max_size": 48,
+        "context": 1.0, "classes": [7, 19]}}})
+    paths = RunPaths.defaults(params, tmp_path)
+    prepare_dataset(params, paths.prepared)
+    split = resolve_split(params, "train", paths.prepared)
+    # pseudo labels: the GT with every context pixel called its class (a CAM that fully spills)
+    for image_id in split.ids:
+        gt = read_label(split.gt_path(image_id))
+        context = read_label(paths.synthetic_root / "SegmentationContext" / f"{image_id}.png")
+        write_label(paths.pseudo_labels / f"{image_id}.png", np.where(context > 0, context, gt))
+    report = score_pseudo_labels(params, paths)
+    assert report["context"]["context_fp_rate"] == 1.0
+    assert report["context"]["other_background_fp_rate"] == 0.0
+    assert report["context"]["fp_on_context_share"] == 1.0
+    assert report["context"]["missed_object_share"] == 0.0
+    written = json.loads(paths.pseudo_label_scores.read_text())
+    assert written["context"] == {key: report["context"][key] for key in (
+        "context_fp_rate", "other_background_fp_rate", "fp_on_context_share",
+        "missed_object_share")}
