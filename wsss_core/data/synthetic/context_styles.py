@@ -13,6 +13,7 @@ patterns follow the object's size and position.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -235,7 +236,7 @@ class ContextStyle:
     the object's lower part, such as a branch).
     """
 
-    painter: object
+    painter: Callable[[np.random.Generator, _Frame, np.ndarray], np.ndarray]
     order: str = "below"
     v_min: float = 0.55
     u_max: float = 1.5
