@@ -19,10 +19,6 @@ from ..classes import VOC_CLASSES
 
 NUM_VOC_CLASSES = len(VOC_CLASSES)
 
-# the figures of `context_statistics` that go into a metric file (see metrics.headline)
-CONTEXT_HEADLINE = ("context_fp_rate", "other_background_fp_rate", "fp_on_context_share",
-                    "missed_object_share")
-
 
 # --------------------------------------------------------------------------- the generator
 def context_counts(label: np.ndarray, context: np.ndarray | None) -> np.ndarray | None:
