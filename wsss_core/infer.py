@@ -7,12 +7,20 @@ It also remembers the sha256 of the image each file was computed from (`IMAGE_DI
 line `[id, digest]` per file, each rank appending to its own `.rank<k>` shard, merged by rank 0);
 a valid file of the same model and of an unchanged image is kept, so an interrupted run continues
 where it stopped, and an image that changed (or became unreadable) is read and inferred again.
+
+`score_split` is the same per-image inference without files (validation during training): the
+logits, rounded to the stored dtype, are scored like the infer stage's files (bilinear upsampling
+of `evaluate`, `metrics.ConfusionMatrix`), sharded over the ranks and summed on rank 0.
+`precision` runs the predictors' forward under autocast (wsss_core.precision); the logits are
+float32 before they are stored or scored.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +30,10 @@ from .cli import progress
 from .data.datasets import Split
 from .distributed import Context, barrier
 from .errors import DataError, os_problem
-from .io import read_image, write_logits, write_text
+from .io import read_image, read_label, write_logits, write_text
+from .metrics import ConfusionMatrix
+from .models import unwrap
+from .precision import autocast
 
 MODEL_STAMP = ".model_sha256"
 IMAGE_DIGESTS = ".image_sha256"  # <folder>/.image_sha256.jsonl, .image_sha256.rank<k>.jsonl
@@ -107,10 +118,63 @@ def prepare_output(out_dir: Path, model_digest: str, ctx: Context) -> None:
     barrier()
 
 
+@contextlib.contextmanager
+def single_scale(model: torch.nn.Module, enabled: bool = True) -> Iterator[None]:
+    """The model's predictors at scale 1.0 only for the block: a model's `test_scales` are the
+    scales its predictors add to 1.0 (DeepLab's MSC, DuPL's students; flips are kept)."""
+    net = unwrap(model)
+    if not enabled:
+        yield
+        return
+    missing = object()
+    saved = getattr(net, "test_scales", missing)
+    net.test_scales = []
+    try:
+        yield
+    finally:
+        if saved is missing:
+            del net.test_scales
+        else:
+            net.test_scales = saved
+
+
+def _logits(predictor, model: torch.nn.Module, image: np.ndarray, ctx: Context,
+            precision: str) -> np.ndarray:
+    """(C, h, w) float32 logits of one normalised (3, H, W) image."""
+    batch = torch.from_numpy(image)[None].to(ctx.device)
+    with autocast(ctx.device, precision):
+        logits = predictor(model, batch)
+    return logits[0].float().cpu().numpy()
+
+
+@torch.no_grad()
+def score_split(model: torch.nn.Module, predictors: dict, normalize, split: Split,
+                num_classes: int, ctx: Context, dtype: str = "float16",
+                precision: str = "fp32") -> dict[str, ConfusionMatrix] | None:
+    """Confusion matrix of each predictor over the split (no files written): this rank's
+    share, summed on rank 0 (None on the others)."""
+    from .distributed import gather_object
+    from .evaluate import upsample_bilinear
+
+    model.eval()
+    matrices = {name: ConfusionMatrix(num_classes) for name in predictors}
+    for image_id in progress(split.ids[ctx.rank::ctx.world_size], "validation"):
+        image = normalize(read_image(split.image_path(image_id)))
+        gt = read_label(split.gt_path(image_id), num_classes)
+        for name, predictor in predictors.items():
+            # rounded as write_logits stores them, so the score is the infer stage's
+            logits = _logits(predictor, model, image, ctx, precision).astype(dtype)
+            matrices[name].update(upsample_bilinear(logits, gt.shape).argmax(0), gt)
+    gathered = gather_object(matrices)
+    if gathered is None:
+        return None
+    return {name: sum(rank[name] for rank in gathered) for name in predictors}
+
+
 @torch.no_grad()
 def infer_logits(model: torch.nn.Module, predictors: dict, normalize, split: Split,
                  out_dirs: dict[str, Path], num_classes: int, ctx: Context,
-                 dtype: str = "float16") -> int:
+                 dtype: str = "float16", precision: str = "fp32") -> int:
     """Write `<out_dirs[name]>/<id>.npy` for this rank's share of the split; returns files written."""
     model.eval()
     ids = split.ids[ctx.rank::ctx.world_size]
@@ -125,11 +189,9 @@ def infer_logits(model: torch.nn.Module, predictors: dict, normalize, split: Spl
                 if recorded[name].get(image_id) != digest or not valid_logits(path, num_classes)}
         if not todo:
             continue
-        image = torch.from_numpy(normalize(read_image(image_path)))[None]
-        image = image.to(ctx.device)
+        image = normalize(read_image(image_path))
         for name, path in todo.items():
-            logits = predictors[name](model, image)
-            write_logits(path, logits[0].float().cpu().numpy(), dtype)
+            write_logits(path, _logits(predictors[name], model, image, ctx, precision), dtype)
             _record_digest(shards[name], image_id, digest)  # after the file: never ahead of it
             written += 1
     barrier()

@@ -7,9 +7,16 @@ on the last one), the method's LR schedule applied before every optimiser step, 
 configuration was interrupted. Rank 0 alone writes files, logs to DVCLive and shows progress.
 
 Resume is exact: a checkpoint holds everything the next iteration depends on (weights, optimiser,
-the epoch and the number of its batches already consumed, every process's random generators and
-running log sums), so a run killed at any point and re-run ends with the same bytes as one that
-was never interrupted (on CPU, with the same thread count and number of processes).
+fp16's loss scaler, the epoch and the number of its batches already consumed, every process's
+random generators and running log sums, the best validation score so far), so a run killed at
+any point and re-run ends with the same bytes as one that was never interrupted (on CPU, with the
+same thread count and number of processes).
+
+`precision` (fp32 | bf16 | fp16) runs each micro-batch's forward under autocast (the methods keep
+their losses in float32, see wsss_core.precision); fp16 scales the loss with a GradScaler,
+unscaled before the gradient is clipped. `val_every` N scores the model every N iterations and
+at the end with a `validate` callback, logs `val/miou` and keeps the best-scoring weights as
+`model_best.pth` beside the last, `model.pth` (without validation `model_best.pth` is the last).
 """
 from __future__ import annotations
 
@@ -31,9 +38,14 @@ from .distributed import Context, all_reduce_sum, barrier, broadcast_object, gat
 from .errors import ConfigError, WsssError
 from .io import save_torch, write_text
 from .methods import TrainingMethod
+from .precision import autocast, grad_scaler
 from .schedules import set_lr_factor
 
 CHECKPOINT_GLOB = "checkpoint_*.pth"
+LAST_MODEL, BEST_MODEL = "model.pth", "model_best.pth"
+# weights of the best validation so far, in the persistent checkpoint folder (DVC deletes
+# model_best.pth before it reruns the stage; a resumed run copies it from here at its end)
+BEST_STATE = "best.pth"
 # configuration keys that cannot change what a run computes: a checkpoint made with other
 # values is resumed all the same (a test checks that a changed worker count gives the same bytes)
 NEUTRAL_KEYS = ("num_workers",)
@@ -131,8 +143,15 @@ def truncate_curves(live_dir: Path, step: int) -> None:
             write_text(path, header + "".join(kept))
 
 
-def open_live(live_dir: Path, resume_step: int | None):
-    """The DVCLive logger of a run's curves, continuing after `resume_step` when resuming.
+def monitor_system(device: torch.device) -> bool:
+    """DVCLive's system metrics (GPU memory and utilisation, CPU, RAM) on CUDA runs only: on
+    the CPU they would only add machine-dependent curves to the run's outputs."""
+    return device.type == "cuda"
+
+
+def open_live(live_dir: Path, resume_step: int | None, system: bool = False):
+    """The DVCLive logger of a run's curves, continuing after `resume_step` when resuming;
+    `system`: DVCLive's `monitor_system` curves (see `monitor_system`).
 
     It shares no file with other runs (benchmark cells train side by side, DVC's queue runs
     experiments in parallel): DVCLive's `next_step` and `end` write and delete a signal file
@@ -152,26 +171,33 @@ def open_live(live_dir: Path, resume_step: int | None):
     if resume_step is not None:
         truncate_curves(live_dir, resume_step)
     return RepoFreeLive(dir=str(live_dir), resume=resume_step is not None, dvcyaml=None,
-                        save_dvc_exp=False, report=None)
+                        save_dvc_exp=False, report=None, monitor_system=system)
 
 
 # --------------------------------------------------------------------------- the loop
 def train(method: TrainingMethod, dataset, ctx: Context, config: dict, out_dir: Path,
-          live_dir: Path | None = None) -> dict:
+          live_dir: Path | None = None, validate=None) -> dict:
     """Train `method` on `dataset` as configured; returns the summary written to metrics.
 
     `config` is the effective training configuration (preset + overrides); it must hold
     iterations, batch_size (global, split over the ranks), iter_size, num_workers,
     checkpoint_every, log_every, seed; an optional grad_clip clips the global gradient norm of
     each optimiser step to that value (the norm before clipping is logged as `grad_norm`);
-    anything else in it (e.g. a digest of the training labels) only serves to tell whether a
-    checkpoint belongs to this run. `dataset` needs `set_epoch(epoch)`.
+    optional precision (default fp32) and val_every (0/None: no validation); anything else in
+    it (e.g. a digest of the training labels) only serves to tell whether a checkpoint belongs
+    to this run. `dataset` needs `set_epoch(epoch)`. `validate(model, iteration)`, called on
+    every rank with the model in eval mode, returns the scores `{"miou": ..., other names}` on
+    rank 0 (None elsewhere); it is needed when val_every is set.
     """
     iterations, iter_size = config["iterations"], config["iter_size"]
     if config["batch_size"] % ctx.world_size:
         raise ConfigError(f"train.batch_size {config['batch_size']} is not divisible by the "
                           f"{ctx.world_size} processes")
     batch_size = config["batch_size"] // ctx.world_size
+    precision = config.get("precision", "fp32")
+    val_every = config.get("val_every") or 0
+    if val_every and validate is None:
+        raise ConfigError("train.val_every is set but no validation split was given")
     ckpt_dir = out_dir / "checkpoints"
     run_id = fingerprint(config)
     torch.manual_seed(config["seed"] + ctx.rank)
@@ -180,6 +206,7 @@ def train(method: TrainingMethod, dataset, ctx: Context, config: dict, out_dir: 
 
     model = method.build_model().to(ctx.device)
     optimizer = method.optimizer(model)
+    scaler = grad_scaler(ctx.device, precision)
 
     sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
                                  seed=config["seed"], drop_last=True)
@@ -200,9 +227,12 @@ def train(method: TrainingMethod, dataset, ctx: Context, config: dict, out_dir: 
             else:  # another configuration's checkpoints: start afresh
                 for stale in ckpt_dir.glob(CHECKPOINT_GLOB):
                     stale.unlink()
+        if resume_from is None:
+            (ckpt_dir / BEST_STATE).unlink(missing_ok=True)  # an earlier run's best
     resume_from = broadcast_object(resume_from)
     start, epoch, position = 0, 0, 0
     earlier_time, last_terms = 0.0, {}
+    best = None  # {"miou", "iteration"} of the best validation so far
     sums: dict[str, float] = {}  # this process's loss terms since the last log line
     count = 0
     process_state = None
@@ -211,6 +241,9 @@ def train(method: TrainingMethod, dataset, ctx: Context, config: dict, out_dir: 
         state = torch.load(resume_from, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
+        best = state.get("best")
         start, epoch, position = state["iteration"], state["epoch"], state["position"]
         if position == batches_per_epoch:  # the checkpoint's epoch was complete
             epoch, position = epoch + 1, 0
@@ -240,73 +273,91 @@ def train(method: TrainingMethod, dataset, ctx: Context, config: dict, out_dir: 
 
     live = None
     if ctx.is_main and live_dir is not None:
-        live = open_live(live_dir, start if resume_from is not None else None)
+        live = open_live(live_dir, start if resume_from is not None else None,
+                         system=monitor_system(ctx.device))
 
     # restored last: building the model, the optimiser and DDP above draws from the generators
     if process_state is not None:
         set_rng_state(process_state["rng"], ctx.device)
 
-    effective_batch = config["batch_size"] * iter_size
-    stepped = [p for group in optimizer.param_groups for p in group["params"]]  # clipped ones
-    started = time.time()
-    model.train()  # MSC.train() keeps BatchNorm frozen where the preset says so
-    for iteration in progress(range(start + 1, iterations + 1), f"train {method.name}",
-                              total=iterations - start):
-        set_lr_factor(optimizer, method.lr_factor(iteration))
-        # the model's, not the optimiser's: a parameter the optimiser does not step (CDL-e's
-        # affinity head) would otherwise add up gradients over the whole run, a state no
-        # checkpoint holds
-        model.zero_grad(set_to_none=True)
-        for micro in range(iter_size):
-            epoch, position, batch = next(batches)
-            sync = micro == iter_size - 1 or ctx.world_size == 1
-            with contextlib.nullcontext() if sync else net.no_sync():
-                loss, terms = method.training_loss(net, _to_device(batch, ctx.device), iteration)
-                (loss / iter_size).backward()
-            for name, value in terms.items():
-                sums[name] = sums.get(name, 0.0) + float(value) / iter_size
-        if config.get("grad_clip"):
-            # gradients are already averaged over the ranks, so every rank clips alike
-            norm = torch.nn.utils.clip_grad_norm_(stepped, config["grad_clip"])
-            sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(norm)
-        optimizer.step()
-        count += 1
+    try:
+        effective_batch = config["batch_size"] * iter_size
+        stepped = [p for group in optimizer.param_groups for p in group["params"]]  # clipped ones
+        started = time.time()
+        model.train()  # MSC.train() keeps BatchNorm frozen where the preset says so
+        for iteration in progress(range(start + 1, iterations + 1), f"train {method.name}",
+                                  total=iterations - start):
+            set_lr_factor(optimizer, method.lr_factor(iteration))
+            # the model's, not the optimiser's: a parameter the optimiser does not step (CDL-e's
+            # affinity head) would otherwise add up gradients over the whole run, a state no
+            # checkpoint holds
+            model.zero_grad(set_to_none=True)
+            for micro in range(iter_size):
+                epoch, position, batch = next(batches)
+                sync = micro == iter_size - 1 or ctx.world_size == 1
+                with contextlib.nullcontext() if sync else net.no_sync():
+                    with autocast(ctx.device, precision):
+                        loss, terms = method.training_loss(net, _to_device(batch, ctx.device),
+                                                           iteration)
+                    scaler.scale(loss / iter_size).backward()
+                for name, value in terms.items():
+                    sums[name] = sums.get(name, 0.0) + float(value) / iter_size
+            if config.get("grad_clip"):
+                # clip the true gradient: fp16's scaled one is unscaled first (a no-op otherwise);
+                # gradients are already averaged over the ranks, so every rank clips alike
+                scaler.unscale_(optimizer)
+                norm = float(torch.nn.utils.clip_grad_norm_(stepped, config["grad_clip"]))
+                if np.isfinite(norm) or not scaler.is_enabled():
+                    sums["grad_norm"] = sums.get("grad_norm", 0.0) + norm
+                # else: an fp16 overflow, whose step the scaler skips (and lowers its scale)
+            scaler.step(optimizer)  # optimizer.step() unless fp16 overflowed
+            scaler.update()
+            count += 1
 
-        if iteration % config["log_every"] == 0 or iteration == iterations:
-            names = sorted(sums)
-            stacked = torch.tensor([sums[n] for n in names] + [float(count)], dtype=torch.float64)
-            stacked = all_reduce_sum(stacked)  # mean over ranks and logged iterations
-            last_terms = {n: float(v) / float(stacked[-1]) for n, v in zip(names, stacked[:-1])}
-            if not all(np.isfinite(v) for v in last_terms.values()):
-                # every rank sees the same reduced values, so all stop together
-                raise TrainingDiverged(f"loss is {last_terms} at iteration {iteration}; lower "
-                                       f"train.lr or check the labels")
-            if live is not None:
-                live.step = iteration
-                for name, value in last_terms.items():
-                    live.log_metric(f"train/{name}", value)
-                for index, group in enumerate(optimizer.param_groups):
-                    live.log_metric(f"lr/{group.get('name', index)}", group["lr"])
-                live.sync()
-            sums, count = {}, 0
+            if iteration % config["log_every"] == 0 or iteration == iterations:
+                names = sorted(sums)
+                stacked = torch.tensor([sums[n] for n in names] + [float(count)], dtype=torch.float64)
+                stacked = all_reduce_sum(stacked)  # mean over ranks and logged iterations
+                last_terms = {n: float(v) / float(stacked[-1]) for n, v in zip(names, stacked[:-1])}
+                if not all(np.isfinite(v) for v in last_terms.values()):
+                    # every rank sees the same reduced values, so all stop together
+                    raise TrainingDiverged(f"loss is {last_terms} at iteration {iteration}; lower "
+                                           f"train.lr or check the labels")
+                if live is not None:
+                    live.step = iteration
+                    for name, value in last_terms.items():
+                        live.log_metric(f"train/{name}", value)
+                    for index, group in enumerate(optimizer.param_groups):
+                        live.log_metric(f"lr/{group.get('name', index)}", group["lr"])
+                    if scaler.is_enabled():
+                        live.log_metric("train/loss_scale", scaler.get_scale())
+                    live.sync()
+                sums, count = {}, 0
 
-        if iteration % config["checkpoint_every"] == 0 or iteration == iterations:
-            # every process's own state (its generators, its share of the log sums) goes to
-            # rank 0, which writes the one checkpoint
-            processes = gather_object({"rng": rng_state(ctx.device), "log_sums": sums,
-                                       "log_count": count})
-            if ctx.is_main:
-                path = ckpt_dir / f"checkpoint_{iteration}.pth"
-                save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                            "iteration": iteration, "epoch": epoch, "position": position,
-                            "processes": processes, "fingerprint": run_id,
-                            "train_time_s": earlier_time + time.time() - started,
-                            "last_terms": last_terms,
-                            "config": json.loads(json.dumps(config, default=str))}, path)
-                for old in ckpt_dir.glob(CHECKPOINT_GLOB):
-                    if old != path:
-                        old.unlink()
-            barrier()
+            if val_every and (iteration % val_every == 0 or iteration == iterations):
+                best = _validate(model, validate, iteration, best, live, ctx, ckpt_dir, run_id)
+
+            if iteration % config["checkpoint_every"] == 0 or iteration == iterations:
+                # every process's own state (its generators, its share of the log sums) goes to
+                # rank 0, which writes the one checkpoint
+                processes = gather_object({"rng": rng_state(ctx.device), "log_sums": sums,
+                                           "log_count": count})
+                if ctx.is_main:
+                    path = ckpt_dir / f"checkpoint_{iteration}.pth"
+                    save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                "iteration": iteration, "epoch": epoch, "position": position,
+                                "processes": processes, "fingerprint": run_id,
+                                "train_time_s": earlier_time + time.time() - started,
+                                "last_terms": last_terms, "best": best,
+                                **({"scaler": scaler.state_dict()} if scaler.is_enabled() else {}),
+                                "config": json.loads(json.dumps(config, default=str))}, path)
+                    for old in ckpt_dir.glob(CHECKPOINT_GLOB):
+                        if old != path:
+                            old.unlink()
+                barrier()
+    finally:  # its thread would keep the process alive
+        if live is not None and live._system_monitor is not None:
+            live._system_monitor.end()
 
     wall_time = earlier_time + time.time() - started
     summary = {
@@ -322,8 +373,38 @@ def train(method: TrainingMethod, dataset, ctx: Context, config: dict, out_dir: 
         "wall_time_s": round(wall_time, 1),
         "final_losses": last_terms,
     }
+    if best is not None:
+        summary["best_val"] = best
     if ctx.is_main:
-        save_torch(model.state_dict(), out_dir / "model.pth")
+        save_torch(model.state_dict(), out_dir / LAST_MODEL)
+        best_file = ckpt_dir / BEST_STATE
+        # without validation (or before the first one) the best model is the last
+        best_state = (torch.load(best_file, map_location="cpu", weights_only=True)["model"]
+                      if best is not None else model.state_dict())
+        save_torch(best_state, out_dir / BEST_MODEL)
     barrier()
     return summary
+
+
+def _validate(model: torch.nn.Module, validate, iteration: int, best: dict | None, live,
+              ctx: Context, ckpt_dir: Path, run_id: str) -> dict | None:
+    """Score the model at `iteration` (every rank), log `val/<name>` (rank 0) and, when it beats
+    the best so far (strictly: the earliest of equal scores stays), write its weights to the
+    checkpoint folder; returns the best so far."""
+    model.eval()
+    scores = validate(model, iteration)
+    model.train()
+    if ctx.is_main:
+        if live is not None:
+            live.step = iteration
+            for name, value in scores.items():
+                if value is not None:  # None: no GT class in the split
+                    live.log_metric(f"val/{name}", value)
+            live.sync()
+        miou = scores["miou"]
+        if best is None or (miou is not None and (best["miou"] is None or miou > best["miou"])):
+            best = {"miou": miou, "iteration": iteration}
+            save_torch({"model": model.state_dict(), "fingerprint": run_id, **best},
+                       ckpt_dir / BEST_STATE)
+    return broadcast_object(best)
 

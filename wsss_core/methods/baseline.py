@@ -35,6 +35,7 @@ from torch import nn
 from ..distributed import global_sums, undo_gradient_averaging
 from ..io import IGNORE_INDEX
 from ..models import MscOutputs, unwrap
+from ..precision import as_float, full_precision
 
 
 # --------------------------------------------------------------------------- labels
@@ -169,10 +170,12 @@ class BaselineMethod:
     def compute_loss(self, outputs: MscOutputs, labels: torch.Tensor, iteration: int,
                      max_iter: int) -> tuple[torch.Tensor, dict[str, float]]:
         labels = labels.to(outputs.main[0].device)
-        total = sum(segmentation_loss(logits, resize_labels(labels, logits.shape[-2:]),
-                                      self.config.imagenet_init)
-                    for logits in outputs.main)
-        total = total * imagenet_ramp(iteration, self.config.imagenet_init)
+        # mixed precision: the CE and its batch sums in float32 (bf16/fp16 logits are cast)
+        with full_precision(outputs.main[0]):
+            total = sum(segmentation_loss(logits, resize_labels(labels, logits.shape[-2:]),
+                                          self.config.imagenet_init)
+                        for logits in as_float(outputs.main))
+            total = total * imagenet_ramp(iteration, self.config.imagenet_init)
         return undo_gradient_averaging(total), {"loss": float(total.detach())}
 
     def param_groups(self, model: nn.Module, base_lr: float, weight_decay: float) -> list[dict]:

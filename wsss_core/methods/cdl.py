@@ -15,6 +15,7 @@ model parameter).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,6 +27,7 @@ from ..distributed import global_sums, undo_gradient_averaging
 from ..errors import WsssError
 from ..io import IGNORE_INDEX
 from ..models import MscOutputs
+from ..precision import as_float, full_precision
 from .baseline import deeplab_param_groups, imagenet_ramp, resize_labels, segmentation_loss
 
 Variant = Literal["cdl_b", "cdl_e"]
@@ -124,8 +126,13 @@ def affinity_loss(affinity: torch.Tensor, labels: torch.Tensor, negative_weight:
     return positive_term + negative_weight * negative_term
 
 
-# --------------------------------------------------------------------------- strong view
 # --------------------------------------------------------------------------- the method
+def as_float_outputs(outputs: MscOutputs) -> MscOutputs:
+    """`outputs` with every head's tensors as float32 (autocast leaves them bf16/fp16)."""
+    return dataclasses.replace(outputs, **{name: as_float(getattr(outputs, name)) for name in (
+        "main", "second", "third", "affinity", "affinity_strong")})
+
+
 @dataclass
 class CdlConfig:
     """CDL hyper-parameters (`THRESHOLDS.*` of the original configs) and re-implementation flags."""
@@ -190,13 +197,20 @@ class CdlMethod:
 
     def compute_loss(self, outputs: MscOutputs, labels: torch.Tensor, iteration: int,
                      max_iter: int) -> tuple[torch.Tensor, dict[str, float]]:
-        cfg = self.config
         if outputs.second is None or outputs.affinity is None:
             raise ValueError(f"{self.variant} needs a model with aspp_2nd and the affinity head")
         if self.variant == "cdl_e" and (outputs.third is None or outputs.affinity_strong is None):
             raise ValueError("cdl_e needs the strong-view outputs (forward with strong_images)")
         use_dice, correct = self.phase(iteration, max_iter)
         labels = labels.to(outputs.main[0].device)
+        # mixed precision: the label correction (softmax confidences against 0.9 thresholds,
+        # the affinity transfer), the losses and their batch sums in float32
+        with full_precision(outputs.main[0]):
+            return self._loss(as_float_outputs(outputs), labels, iteration, use_dice, correct)
+
+    def _loss(self, outputs: MscOutputs, labels: torch.Tensor, iteration: int, use_dice: bool,
+              correct: bool) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg = self.config
         terms = _Terms()
         for index, (logits_1, logits_2, affinity) in enumerate(
                 zip(outputs.main, outputs.second, outputs.affinity)):

@@ -18,6 +18,7 @@ from ...cam import (
 from ...errors import WsssError
 from ...metrics import ConfusionMatrix
 from ...models import unwrap
+from ...precision import as_float, full_precision
 from .config import LOSS_TERMS, DuplConfig, computed_terms, phase_weights
 from .losses import (
     balanced_seg_loss,
@@ -56,20 +57,58 @@ def compute_loss(model: nn.Module, batch: Mapping[str, Any], iteration: int, cfg
     images = _batch_tensor(batch, "images")
     device = images.device
     cls_labels = _batch_tensor(batch, "cls_labels", device).float()
-    height, width = images.shape[-2:]
     img_box = batch.get("img_box")
     img_box = None if img_box is None else torch.as_tensor(img_box).to(device).long()
     n_iter = iteration - 1
-    weights = phase_weights(n_iter, cfg)
     computed = computed_terms(n_iter, cfg)
-    ignore = cfg.ignore_index
 
-    cams = [multi_scale_cams(student, images, cfg.cam_scales) for student in net.students]
+    # mixed precision: the students' forwards (CAMs, training outputs) run under the caller's
+    # autocast; the raw CAMs are float32 before their upsampling, min-max normalisation and
+    # thresholds (a bf16 CAM of 0.55 is 0.5508: borderline pixels would change label)
+    cams = [multi_scale_cams(_Float32Cams(student), images, cfg.cam_scales)
+            for student in net.students]
     strong = None
     if computed["reg"]:
         strong = _batch_tensor(batch, "strong_images", device)
         strong = strong.flip(-1) if cfg.strong_flip else strong
     out = model(images, strong_images=strong, strong_scale=cfg.strong_scale)
+    # everything after the forward in float32: thresholds, PAR, the GMM filter, the losses
+    with full_precision(images):
+        return _loss_terms(_float_outputs(out), cams, images, cls_labels, img_box, n_iter, cfg)
+
+
+class _Float32Cams:
+    """A student whose raw CAMs come out as float32 (its forward keeps the autocast around
+    it), so `multi_scale_cams` upsamples, merges and normalises them in float32 (autocast
+    casts none of those ops down)."""
+
+    def __init__(self, student: nn.Module):
+        self.student = student
+
+    def cams(self, images: torch.Tensor):
+        return as_float(self.student.cams(images))
+
+
+def _float_outputs(out):
+    """The training outputs of both students (and the strong views) as float32."""
+    fields = {name: as_float(getattr(out, name)) for name in ("strong_seg1", "strong_seg2")
+              if getattr(out, name, None) is not None}
+    for name in ("student1", "student2"):
+        student = getattr(out, name)
+        fields[name] = student._replace(**{k: as_float(v) for k, v in student._asdict().items()
+                                           if torch.is_tensor(v)})
+    return out._replace(**fields)
+
+
+def _loss_terms(out, cams: list, images: torch.Tensor, cls_labels: torch.Tensor,
+                img_box: torch.Tensor | None, n_iter: int, cfg: DuplConfig
+                ) -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss terms of `compute_loss` from the float32 outputs `out` and CAMs `cams`."""
+    device = images.device
+    height, width = images.shape[-2:]
+    weights = phase_weights(n_iter, cfg)
+    computed = computed_terms(n_iter, cfg)
+    ignore = cfg.ignore_index
     students = (out.student1, out.student2)
 
     if n_iter < cfg.cam_iters:
@@ -221,14 +260,20 @@ class DuplMethod:
 
 
 # --------------------------------------------------------------------------- inference
+TEST_SCALES = (1.5, 1.25)  # eval_seg_voc.py's scales besides 1.0
+
+
 @torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, scales: Sequence[float] = (1.0, 1.5, 1.25),
+def predict(model: nn.Module, images: torch.Tensor, scales: Sequence[float] | None = None,
             flip: bool = True, student: int = 1, output_size: Sequence[int] | None = None
             ) -> torch.Tensor:
     """Test-time segmentation logits (B, K, h, w) of one student (`eval_seg_voc.py`): per scale
     the image (and its mirror) is resized bilinearly, the decoder logits are upsampled to
     `output_size` (default: the input size) and the flips summed; the element-wise max over
-    scales is returned."""
+    scales is returned. `scales` default: 1.0 and the model's `test_scales` attribute if it
+    has one (`wsss_core.infer.single_scale` empties it), else 1.0, 1.5, 1.25."""
+    if scales is None:
+        scales = (1.0, *getattr(unwrap(model), "test_scales", TEST_SCALES))
     net = unwrap(model).student(student)
     batch, _, height, width = images.shape
     size = (height, width) if output_size is None else (int(output_size[0]), int(output_size[1]))

@@ -161,7 +161,8 @@ def filter_noisy_labels(loss: torch.Tensor, labels: torch.Tensor, gamma: float =
         raise ConfigError(f"params.yaml: dupl.gmm_backend: expected 'torch' or 'sklearn', "
                           f"got {backend!r}")
     batch = loss.shape[0]
-    loss_flat = loss.detach().reshape(batch, -1)
+    # float32 samples whatever the training precision (the EM itself runs in float64)
+    loss_flat = loss.detach().float().reshape(batch, -1)
     label_flat = labels.reshape(batch, -1)
     foreground = (label_flat != 0) & (label_flat != ignore_index)
     selected = foreground & (loss_flat > torch.tensor(loss_min, dtype=loss_flat.dtype))
