@@ -1,9 +1,12 @@
 """Stage pseudo_labels: publish the train split's pseudo labels to `--pseudo-labels`
-(dvc.yaml: data/pseudo_labels/<name>/).
+(dvc.yaml: data/pseudo_labels/<name>/), by `pseudo_labels.source`:
 
-`pseudo_labels.simulate: true` simulates CAM-like pseudo labels by corrupting the synthetic GT in
-`pseudo_labels.source` with `data.noise`; otherwise the source is a folder or archive of `<id>.png`
-that is validated and copied. The output folder is a DVC output: `dvc push` stores it, `dvc pull` restores it.
+- simulate: CAM-like pseudo labels, the synthetic GT in `pseudo_labels.path` corrupted with
+  `data.noise`;
+- files: a folder or archive of `<id>.png` in `pseudo_labels.path`, validated and copied;
+- cams / dupl: the CAMs of stage cams (`--cams`) refined with `pseudo_labels.refine`.
+
+The output folder is a DVC output: `dvc push` stores it, `dvc pull` restores it.
 """
 import argparse
 
@@ -15,7 +18,7 @@ from wsss_core.pipeline import publish_pseudo_labels
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    add_path_arguments(parser, "prepared", "pseudo_labels")
+    add_path_arguments(parser, "prepared", "pseudo_labels", "cams")
     params = load_params()
     publish_pseudo_labels(params, paths_from_args(params, parser.parse_args()))
 

@@ -50,13 +50,26 @@ def test_ints_are_accepted_for_floats_and_overrides_apply(tmp_path: Path):
     assert params.method == "cdl_e" and params.data.noise_seed == 3
 
 
-def test_simulated_pseudo_labels_need_synthetic_dataset_and_a_source_path():
-    with pytest.raises(ConfigError, match="pseudo_labels.simulate needs dataset 'synthetic'"):
-        params_from_dict({"dataset": "voc12", "pseudo_labels": {"simulate": True}})
-    with pytest.raises(ConfigError, match="pseudo_labels.source: must be a path"):
-        params_from_dict({"pseudo_labels": {"source": "synthetic"}})
-    params = params_from_dict({"dataset": "voc12", "pseudo_labels": {"source": "labels.zip", "name": "rib"}})
-    assert params.num_classes == 21
+def test_simulated_pseudo_labels_need_synthetic_dataset_and_legacy_keys_name_the_fix():
+    with pytest.raises(ConfigError, match="pseudo_labels.source: simulate needs dataset 'synthetic'"):
+        params_from_dict({"dataset": "voc12", "pseudo_labels": {"source": "simulate"}})
+    with pytest.raises(ConfigError, match="pseudo_labels.simulate: removed; write "
+                                          "pseudo_labels.source: simulate"):
+        params_from_dict({"pseudo_labels": {"simulate": True}})
+    with pytest.raises(ConfigError, match="pseudo_labels.source: is now the mode .* write "
+                                          "source: files and path: labels.zip"):
+        params_from_dict({"pseudo_labels": {"source": "labels.zip"}})
+    params = params_from_dict({"dataset": "voc12", "pseudo_labels": {
+        "source": "files", "path": "labels.zip", "name": "rib"}})
+    assert params.num_classes == 21 and params.pseudo_labels.path == "labels.zip"
+    assert params_from_dict({}).pseudo_labels.source == "simulate"
+
+
+def test_refine_band_must_contain_the_background_threshold():
+    with pytest.raises(ConfigError, match="pseudo_labels.refine: need low <= bkg_threshold <= high"):
+        params_from_dict({"pseudo_labels": {"refine": {"bkg_threshold": 0.5, "high": 0.4}}})
+    refine = params_from_dict({"pseudo_labels": {"refine": {"low": 0.3}}}).pseudo_labels.refine
+    assert refine.band == (0.3, 0.5)
 
 
 def test_missing_and_malformed_params_file(tmp_path):

@@ -320,7 +320,7 @@ def test_crf_and_export_stage_scripts(tmp_path):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params.update(dataset="voc12", method="dupl")
     params["data"]["voc12"]["root"] = "voc/VOC2012"
-    params["pseudo_labels"] = {"name": "x", "source": "labels"}
+    params["pseudo_labels"] = {"name": "x", "source": "files", "path": "labels"}
     params["crf"] = {"n_jobs": 1, "overlays": 1}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for split, split_ids in ids.items():

@@ -44,7 +44,7 @@ def prepared(tmp_path_factory) -> Path:
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params.update(dataset="voc12", method="baseline")
     params["data"]["voc12"]["root"] = "voc/VOC2012"
-    params["pseudo_labels"] = {"name": "tiny", "source": "labels"}
+    params["pseudo_labels"] = {"name": "tiny", "source": "files", "path": "labels"}
     params["train"].update(iterations=1, batch_size=2, crop=16, device="cpu")
     params["infer"]["device"] = "cpu"
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

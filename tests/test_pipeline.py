@@ -17,7 +17,8 @@ from tests.conftest import copy_repo, repo_env
 pytestmark = pytest.mark.slow
 
 TINY = {"num_train": 12, "num_val": 4, "min_size": 40, "max_size": 56}
-ALL_STAGES = {"prepare_data", "pseudo_labels", "evaluate_pseudo_labels", "train", "infer", "crf"}
+ALL_STAGES = {"prepare_data", "cam_classifier", "cams", "pseudo_labels", "evaluate_pseudo_labels",
+              "train", "infer", "crf"}
 
 
 def _env(cwd):
@@ -138,13 +139,14 @@ def test_changed_pseudo_label_source_reruns_the_stage(tmp_path):
     repo = copy_repo(tmp_path / "repo")
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["data"]["synthetic"].update(TINY)
-    params["pseudo_labels"] = {"name": "mine", "source": "my_labels", "simulate": False}
+    params["pseudo_labels"] = {"name": "mine", "source": "files", "path": "my_labels"}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(repo, "git", "init", "-q")
     dvc(repo, "init", "-q")
     dvc(repo, "repro", "prepare_data")
     shutil.copytree(repo / "data/prepared/synthetic/VOC2012/SegmentationClassAug", repo / "my_labels")
-    assert ran(dvc(repo, "repro", "pseudo_labels")) == {"pseudo_labels"}
+    # the CAM stages run too (unused with source files: a manifest each)
+    assert ran(dvc(repo, "repro", "pseudo_labels")) == {"cam_classifier", "cams", "pseudo_labels"}
     assert ran(dvc(repo, "repro", "pseudo_labels")) == set()
     first = sorted((repo / "my_labels").iterdir())[0]
     published = repo / "data/pseudo_labels/mine" / first.name

@@ -99,7 +99,7 @@ def test_registered_method_trains_infers_and_scores_through_the_pipeline(pixel_m
     shutil.copytree(root / "SegmentationClassAug", labels)
     params = params_from_dict({
         "method": "pixel", "dataset": "voc12", "data": {"voc12": {"root": str(root)}},
-        "pseudo_labels": {"source": str(labels)},
+        "pseudo_labels": {"source": "files", "path": str(labels)},
         "train": {"preset": "tiny", "device": "cpu", "method_options": {"label_smoothing": 0.1}},
         "infer": {"device": "cpu"}, "crf": {"n_jobs": 1, "overlays": 1}, "evaluate": {"n_jobs": 1}})
     paths = dataclasses.replace(RunPaths.defaults(params, tmp_path / "run"), pseudo_labels=labels)

@@ -22,7 +22,7 @@ def repo(tmp_path):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["dataset"] = "voc12"
     params["data"]["voc12"]["root"] = "voc/VOC2012"
-    params["pseudo_labels"] = {"name": "mine", "source": "my_labels"}
+    params["pseudo_labels"] = {"name": "mine", "source": "files", "path": "my_labels"}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return repo
 

@@ -47,7 +47,7 @@ def repo(tmp_path):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params.update(dataset="voc12", method="baseline")
     params["data"]["voc12"]["root"] = "voc/VOC2012"
-    params["pseudo_labels"] = {"name": "tiny", "source": "labels"}
+    params["pseudo_labels"] = {"name": "tiny", "source": "files", "path": "labels"}
     params["train"].update(iterations=3, batch_size=4, iter_size=1, crop=32, lr=0.01,
                            log_every=1, checkpoint_every=1, device="cpu")
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

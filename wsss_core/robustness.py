@@ -78,9 +78,9 @@ def cell_result_path(method: str, noise: float | None, seed: int) -> Path:
 
 def _benchmark_params() -> Params:
     params = load_params()
-    if params.dataset != "synthetic" or not params.pseudo_labels.simulate:
+    if params.dataset != "synthetic" or not params.pseudo_labels.simulated:
         raise ConfigError("params.yaml: the robustness benchmark needs dataset 'synthetic' and "
-                          "pseudo_labels.simulate: true (its noise is simulated)")
+                          "pseudo_labels.source: simulate (its noise is simulated)")
     return params
 
 

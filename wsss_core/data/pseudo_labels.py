@@ -15,10 +15,20 @@ from pathlib import Path, PurePosixPath
 
 from ..cli import progress
 from ..errors import DataError
-from ..io import atomic_dir, decode_label, image_size
+from ..io import (
+    atomic_dir,
+    decode_label,
+    image_size,
+    read_image,
+    read_label,
+    write_json,
+    write_label,
+)
 from .datasets import Split
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
+# what the cam_classifier and cams stages write beside their outputs (wsss_core.cam.store)
+STAGE_MANIFEST = "manifest.json"
 
 
 def _is_archive(path: Path) -> bool:
@@ -119,3 +129,50 @@ def synthesize_pseudo_labels(params, split: Split, gt_dir: str | Path, out_dir: 
         write_noisy_pseudo_labels(gt_dir, ids, tmp, params.data.noise, params.data.noise_types,
                                   params.data.noise_seed, params.data.synthetic.classes)
     return {"source": str(gt_dir), "noise": params.data.noise, "labels": len(ids)}
+
+
+def refine_cam_labels(cam_dir: str | Path, split: Split, class_labels: dict[str, list[int]],
+                      num_classes: int, refine, out_dir: str | Path) -> dict:
+    """Pseudo labels of `split` from the CAMs stored in `cam_dir` (stage cams), refined with
+    `refine` (config.RefineParams), written and validated as ingested labels are (palette PNG,
+    values in 0, the present classes, 255; the image's size)."""
+    from ..cam.refine import refine_slots, slots_to_classes
+    from ..cam.store import CAM_SUFFIX, load_cams
+
+    cam_dir = Path(cam_dir)
+    ids = split.ids
+    band = refine.band
+    with atomic_dir(out_dir) as tmp:
+        for image_id in progress(ids, "pseudo labels"):
+            image = read_image(split.image_path(image_id))
+            keys = class_labels[image_id]
+            cams = load_cams(cam_dir / f"{image_id}{CAM_SUFFIX}", keys, image.shape[:2])
+            slots = refine_slots(image, cams, refine.method, band, refine.crf_preset)
+            path = tmp / f"{image_id}.png"
+            write_label(path, slots_to_classes(slots, keys))
+            read_label(path, num_classes, expected_hw=image.shape[:2])
+    return {"source": str(cam_dir), "refine": refine.method, "band": list(band),
+            "labels": len(ids)}
+
+
+def unused_stage_manifest(source: str) -> dict:
+    return {"used": False, "source": source,
+            "why": "pseudo_labels.source is neither cams nor dupl"}
+
+
+def mark_stage_unused(folder: str | Path, source: str, whole_folder: bool,
+                      stale: tuple[str, ...] = ()) -> dict:
+    """The output of the cam_classifier / cams stage when the source does not use them: a
+    manifest saying so, written at once (the stage's time is that of loading params). `whole_folder`
+    replaces `folder` by one holding only the manifest; otherwise the `stale` files in it
+    (a model of an earlier run) are removed and the rest (checkpoints) kept."""
+    folder = Path(folder)
+    manifest = unused_stage_manifest(source)
+    if whole_folder:
+        with atomic_dir(folder) as tmp:
+            write_json(tmp / STAGE_MANIFEST, manifest)
+        return manifest
+    for name in stale:
+        (folder / name).unlink(missing_ok=True)
+    write_json(folder / STAGE_MANIFEST, manifest)
+    return manifest

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ...data.transforms import dupl_color_pipeline, dupl_strong_view, dupl_train_crop, to_imagenet_normalized
+from ...models import unwrap
 from ...models.vit_seg import build_dupl_model
 from ...presets import DUPL_PRESETS
 from ...registry import MethodRecord, register_method
@@ -45,9 +46,18 @@ def dupl_cam_scores(model: nn.Module, split, class_labels, device, method: DuplM
     return {"cam_miou": {name: m.scores()["miou"] for name, m in matrices.items()}}
 
 
+def dupl_cam_model(model: nn.Module) -> nn.Module:
+    """Student 1, whose final CAMs (not the aux ones) the cams stage stores for
+    pseudo_labels.source dupl: DuPL's pseudo labels at the end of training are these CAMs
+    refined with PAR and two background planes (refine.method par). Student 1, not the one
+    inference picks on val: pseudo labels of the train split must not depend on val."""
+    return unwrap(model).student(1)
+
+
 RECORD = register_method(MethodRecord(
     name="dupl", create=lambda name, num_classes, config: DuplMethod(num_classes, config),
     build_model=build_dupl_model, learns_from="image_labels", normalize=to_imagenet_normalized,
     train_sample=dupl_train_sample, crf_preset="dupl", presets=DUPL_PRESETS,
     predictors=dupl_predictors, options=DuplConfig, val_extras=dupl_cam_scores,
+    cam_model=dupl_cam_model,
     description="DuPL: two ViT students with progressive, noise-filtered cross supervision"))
