@@ -155,3 +155,24 @@ def test_pipeline_validation_scores_like_inference_and_infer_loads_the_best(tmp_
     assert (paths.logits_dir("val") / MODEL_STAMP).read_text().strip() == file_digest(best_file)
     assert report["miou"] == pytest.approx(best["miou"], abs=1e-12)
     assert json.loads(paths.run_config.read_text())["val_every"] == 2
+
+
+@pytest.mark.parametrize("raw,message", [
+    ({"train": {"val_every": -1}}, "train.val_every: must be >= 0"),
+    ({"train": {"val_scales": "multi"}}, "train.val_scales: expected one of 'single', 'inference'"),
+    ({"train": {"precision": "fp8"}}, "train.precision: expected one of 'fp32', 'bf16', 'fp16'"),
+    ({"infer": {"checkpoint": "first"}}, "infer.checkpoint: expected one of 'last', 'best'"),
+    ({"infer": {"precision": "half"}}, "infer.precision: expected one of 'fp32', 'bf16', 'fp16'"),
+])
+def test_bad_values_are_one_line_config_errors(raw, message):
+    from wsss_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")) as info:
+        params_from_dict(raw)
+    assert "\n" not in str(info.value)
+
+
+def test_defaults_change_nothing():
+    params = params_from_dict({})
+    assert (params.train.precision, params.train.val_every, params.infer.checkpoint,
+            params.infer.precision) == ("fp32", None, "last", "fp32")
