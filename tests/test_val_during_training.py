@@ -176,3 +176,30 @@ def test_defaults_change_nothing():
     params = params_from_dict({})
     assert (params.train.precision, params.train.val_every, params.infer.checkpoint,
             params.infer.precision) == ("fp32", None, "last", "fp32")
+
+
+def test_validation_is_sharded_over_the_ranks(tmp_path):
+    """Each rank scores every world_size-th val image; the shards add up to the whole split."""
+    from wsss_core.data.datasets import voc_layout_split
+    from wsss_core.infer import score_split
+    from wsss_core.methods import create_method
+    from wsss_core.registry import get_method
+
+    make_voc_dataset(tmp_path, {"val": ["v1", "v2", "v3"]}, size=(20, 24))
+    split = voc_layout_split(tmp_path, "val")
+    config = copy.deepcopy(DEEPLAB_PRESETS["demo"])
+    config.update(seed=0, model={"blocks": [1, 1, 1, 1], "width": 8, "msc_scales": [0.5],
+                                 "test_scales": [0.5], "freeze_bn": True})
+    torch.manual_seed(0)
+    model = create_method("baseline", 21, config).build_model()
+    record = get_method("baseline")
+    predictors = record.predictors(config)
+
+    def score(rank, world):
+        ctx = Context(rank=rank, world_size=world, local_rank=0, device=torch.device("cpu"))
+        # no process group: gather_object returns this rank's own share
+        return score_split(model, predictors, record.normalize, split, 21, ctx)["main"]
+
+    whole, first, second = score(0, 1), score(0, 2), score(1, 2)
+    assert second.matrix.sum() > 0 and first.matrix.sum() > second.matrix.sum()  # 2 vs 1 image
+    assert (first + second).matrix.tolist() == whole.matrix.tolist()

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from .cli import progress
 from .distributed import Context, all_reduce_sum, barrier, broadcast_object, gather_object
-from .errors import ConfigError, WsssError
+from .errors import ConfigError, DataError, WsssError
 from .io import save_torch, write_text
 from .methods import TrainingMethod
 from .precision import autocast, grad_scaler
@@ -378,6 +378,9 @@ def train(method: TrainingMethod, dataset, ctx: Context, config: dict, out_dir: 
     if ctx.is_main:
         save_torch(model.state_dict(), out_dir / LAST_MODEL)
         best_file = ckpt_dir / BEST_STATE
+        if best is not None and not best_file.is_file():
+            raise DataError(best_file, "the best validation's weights are missing (delete the "
+                                       "checkpoints folder to train afresh)")
         # without validation (or before the first one) the best model is the last
         best_state = (torch.load(best_file, map_location="cpu", weights_only=True)["model"]
                       if best is not None else model.state_dict())
