@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import torch
 from conftest import REPO
 
 
@@ -25,7 +26,13 @@ def test_loss_comparison_runs_on_the_cpu():
     spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks/gpu_check.py")
     gpu_check = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu_check)
-    line = gpu_check.loss_curves(2, device="cpu", batch=1, side=25, precisions=("fp32", "bf16"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # no stall of spinning threads on a loaded machine
+    try:
+        line = gpu_check.loss_curves(2, device="cpu", batch=1, side=25,
+                                     precisions=("fp32", "bf16"))
+    finally:
+        torch.set_num_threads(threads)
     match = re.fullmatch(r"2 steps: final loss fp32 ([\d.]+), bf16 ([\d.]+); largest relative "
                          r"gap to fp32 over the curve: bf16 ([\d.]+)%", line)
     assert match, line

@@ -48,6 +48,16 @@ def tiny_config(method: str, iterations: int = 3, **changes) -> dict:
     return {**config, **changes}
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One CPU thread: the same float sums on any machine, and no stall of spinning threads on
+    a loaded one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_data")

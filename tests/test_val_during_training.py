@@ -24,6 +24,15 @@ from wsss_core.train import BEST_MODEL, LAST_MODEL, monitor_system, open_live, t
 CPU = Context(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One CPU thread: no stall of spinning threads on a loaded machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class ScriptedValidation:
     """Returns the given score at each iteration and keeps a copy of the weights it scored."""
 
@@ -125,6 +134,7 @@ def test_pipeline_validation_scores_like_inference_and_infer_loads_the_best(tmp_
                                                                             monkeypatch):
     """The val/miou of the best iteration (inference scales) is the infer stage's score of
     model_best.pth (`infer.checkpoint: best`): one inference and one metric code."""
+    monkeypatch.setenv("WSSS_CPU_THREADS", "1")   # the stages' thread budget
     tiny = copy.deepcopy(DEEPLAB_PRESETS["demo"])
     tiny.update(iterations=4, batch_size=2, crop=24, checkpoint_every=2, log_every=1,
                 warmup_iter=1, model={"blocks": [1, 1, 1, 1], "width": 8, "msc_scales": [0.5],
