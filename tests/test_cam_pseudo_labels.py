@@ -27,7 +27,7 @@ from wsss_core.data.datasets import voc_layout_split
 from wsss_core.data.pseudo_labels import refine_cam_labels
 from wsss_core.errors import DataError
 from wsss_core.evaluate import score_folder
-from wsss_core.io import IGNORE_INDEX, voc_palette
+from wsss_core.io import IGNORE_INDEX, read_image, voc_palette
 
 
 class LinearCam(nn.Module):
@@ -53,6 +53,17 @@ def _two_halves(size: int = 8) -> torch.Tensor:
     image[0, 0, : size // 2] = 1.0
     image[0, 1, size // 2:] = 1.0
     return image
+
+
+@pytest.fixture
+def one_thread(monkeypatch):
+    """One CPU thread (the budget distributed() gives the stages): no stall of spinning threads
+    on a loaded machine."""
+    monkeypatch.setenv("WSSS_CPU_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------------- CAMs by hand
@@ -193,45 +204,77 @@ def _unit_normalize(image: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- tiny VOC, toy classifier
-def test_cam_to_labels_on_a_tiny_voc_fixture(tmp_path):
-    """make_voc_dataset draws one class in the centre box of noise images: a toy classifier
-    whose CAM of that class is a centred box gives labels that score 1 on it; the PNGs are VOC
-    palette images of 0, the image's class and 255."""
+@pytest.mark.parametrize("num_classes", [21, 81], ids=["voc", "coco"])
+def test_cam_to_labels_on_a_tiny_fixture(tmp_path, num_classes, one_thread):
+    """make_voc_dataset draws one class in the centre box of noise images (VOC's 21 or COCO's
+    81 classes): a toy classifier whose CAM of every class is that box gives labels that score
+    1 on it; the PNGs are VOC palette images of 0, the image's class and 255."""
     root = tmp_path / "VOC2012"
-    gts = make_voc_dataset(root, {"train": ["a1", "a2", "a3"]}, size=(20, 24))
+    gts = make_voc_dataset(root, {"train": ["a1", "a2", "a3"]}, size=(20, 24),
+                           num_classes=num_classes)
     split = voc_layout_split(root, "train")
     classes = {i: [int(c) for c in np.unique(g) if 0 < c < 255] for i, g in gts.items()}
 
     class BoxCam(nn.Module):  # the centre box (the GT's) lights every class map
         def cams(self, images):
-            cam = torch.zeros(images.shape[0], 20, *images.shape[-2:])
+            cam = torch.zeros(images.shape[0], num_classes - 1, *images.shape[-2:])
             h, w = images.shape[-2:]
             cam[:, :, h // 4: 3 * h // 4, w // 4: 3 * w // 4] = 1.0
             return cam, cam
 
     cam_dir = tmp_path / "cams"
     cam_dir.mkdir()
-    assert write_split_cams(BoxCam(), _unit_normalize, split, classes, 21, [1.0], True, 1,
-                            cam_dir, torch.device("cpu"), Path("model.pth")) == 3
+    assert write_split_cams(BoxCam(), _unit_normalize, split, classes, num_classes, [1.0], True,
+                            1, cam_dir, torch.device("cpu"), Path("model.pth")) == 3
     refine = params_from_dict({"pseudo_labels": {"refine": {"method": "none", "low": 0.3,
                                                             "high": 0.6}}}).pseudo_labels.refine
     out = tmp_path / "labels"
-    info = refine_cam_labels(cam_dir, split, classes, 21, refine, out)
+    info = refine_cam_labels(cam_dir, split, classes, num_classes, refine, out)
     assert info["labels"] == 3
     for image_id in gts:
         png = Image.open(out / f"{image_id}.png")
         assert png.mode == "P" and png.size == (24, 20)
-        assert np.array_equal(np.asarray(png.getpalette()).reshape(-1, 3)[:21], voc_palette()[:21])
+        palette = np.asarray(png.getpalette()).reshape(-1, 3)
+        assert np.array_equal(palette[:num_classes], voc_palette()[:num_classes])
         values = set(np.unique(np.asarray(png)).tolist())
         assert values <= {0, classes[image_id][0], 255}
-    matrix = score_folder(out, split, 21, "labels", n_jobs=1)
+    matrix = score_folder(out, split, num_classes, "labels", n_jobs=1)
     assert matrix.scores()["miou"] == pytest.approx(1.0)
+
+
+def test_dupl_cams_come_from_student_1(tmp_path, voc_root, one_thread):
+    """The DuPL record's CAM hook: student 1 of the model, whose CAMs the cams stage stores."""
+    from tests.tiny_training import CONFIGS
+    from wsss_core.methods import create_method
+    from wsss_core.registry import get_method
+
+    record = get_method("dupl")
+    model = create_method("dupl", 21, CONFIGS["dupl"]).build_model().eval()
+    student = record.cam_model(model)
+    assert student is model.student(1)
+    split = voc_layout_split(voc_root, "train")
+    assert write_split_cams(student, record.normalize, split, {i: [2, 5] for i in split.ids}, 21,
+                            [1.0], True, 4, tmp_path, torch.device("cpu"), Path("model.pth")) == 3
+    image = torch.from_numpy(record.normalize(read_image(split.image_path("a1"))))[None]
+    expected, _ = multi_scale_cams(student, image, [1.0])
+    with np.load(tmp_path / "a1.npz") as data:
+        assert data["keys"].tolist() == [2, 5] and data["cams"].shape == (2, 5, 6)
+    np.testing.assert_allclose(load_cams(tmp_path / "a1.npz", [2, 5], (20, 24)).numpy(),
+                               _stored_and_back(expected[0, [1, 4]], 4), atol=1e-3)
+
+
+def _stored_and_back(cams: torch.Tensor, stride: int) -> np.ndarray:
+    """What storing at `stride` keeps of `cams` (P, H, W): cell means in float16, upsampled."""
+    import torch.nn.functional as F
+    small = F.interpolate(cams[None], size=stored_grid(cams.shape[-2:], stride), mode="area")
+    small = small.half().float()
+    return F.interpolate(small, size=cams.shape[-2:], mode="bilinear", align_corners=False)[0].numpy()
 
 
 # --------------------------------------------------------------------------- stages
 def test_cam_stages_are_manifests_for_other_sources(tmp_path):
     """source simulate: both CAM stages only write a manifest saying they are unused; a model
-    of an earlier cams run is removed (its checkpoints stay for a later resume)."""
+    and the metrics of an earlier cams run are removed (its checkpoints stay for a resume)."""
     from wsss_core.paths import RunPaths
     from wsss_core.pipeline import compute_cams, train_cam_classifier
 
@@ -239,6 +282,7 @@ def test_cam_stages_are_manifests_for_other_sources(tmp_path):
     paths = RunPaths.defaults(params, tmp_path)
     (paths.classifier / "checkpoints").mkdir(parents=True)
     (paths.classifier / "model.pth").write_bytes(b"old")
+    (paths.classifier / "metrics/train").mkdir(parents=True)
     for run, folder in ((train_cam_classifier, paths.classifier), (compute_cams, paths.cams)):
         assert run(params, paths)["used"] is False
         manifest = json.loads((folder / "manifest.json").read_text())
@@ -271,7 +315,7 @@ def _mkdir(path: Path) -> Path:
     return path
 
 
-def test_source_cams_on_a_tiny_synthetic_dataset(tmp_path):
+def test_source_cams_on_a_tiny_synthetic_dataset(tmp_path, one_thread):
     """The pipeline functions of stages cam_classifier → cams → pseudo_labels with method cam
     (3 iterations, 4 images): every train image gets stored CAMs of its classes and a label that the
     evaluate_pseudo_labels scoring accepts; a classifier of another class count is refused."""

@@ -1,13 +1,17 @@
-"""Pseudo-label ingestion: take offline pseudo labels from a folder or an archive, check them
-against the train split and publish them as one folder that DVC tracks (and `dvc pull` restores).
+"""The train split's pseudo labels, published as one folder that DVC tracks (and `dvc pull`
+restores), from each `pseudo_labels.source`: ingested from a folder or an archive (files),
+simulated from the synthetic GT (simulate), or refined from the stored CAMs of a classifier
+(cams, dupl).
 
 Published pseudo-label sets (A2GNN, EPS, RIB, VML, …) come as folders or `.zip` / `.tar` /
 `.tar.gz` archives of `<image id>.png`, often inside a top-level folder. Files are validated
 completely before anything is published: the output folder is replaced as a whole, so a failed
-ingestion leaves the previous labels (or nothing) — never a partial set.
+ingestion leaves the previous labels (or nothing) — never a partial set. Refined CAM labels go
+through the same PNG writer and the same validation.
 """
 from __future__ import annotations
 
+import shutil
 import tarfile
 import zipfile
 from collections.abc import Callable
@@ -161,18 +165,24 @@ def unused_stage_manifest(source: str) -> dict:
 
 
 def mark_stage_unused(folder: str | Path, source: str, whole_folder: bool,
-                      stale: tuple[str, ...] = ()) -> dict:
+                      keep: tuple[str, ...] = ()) -> dict:
     """The output of the cam_classifier / cams stage when the source does not use them: a
-    manifest saying so, written at once (the stage's time is that of loading params). `whole_folder`
-    replaces `folder` by one holding only the manifest; otherwise the `stale` files in it
-    (a model of an earlier run) are removed and the rest (checkpoints) kept."""
+    manifest saying so, written at once (the stage's time is that of loading params).
+    `whole_folder` replaces `folder` by one holding only the manifest; otherwise everything in
+    it but the entries named in `keep` (the classifier's checkpoints, for a later resume) is
+    removed first, so no model of an earlier run looks current."""
     folder = Path(folder)
     manifest = unused_stage_manifest(source)
     if whole_folder:
         with atomic_dir(folder) as tmp:
             write_json(tmp / STAGE_MANIFEST, manifest)
         return manifest
-    for name in stale:
-        (folder / name).unlink(missing_ok=True)
+    for entry in (sorted(folder.iterdir()) if folder.is_dir() else []):
+        if entry.name in keep:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
     write_json(folder / STAGE_MANIFEST, manifest)
     return manifest
