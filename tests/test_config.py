@@ -69,7 +69,7 @@ def test_refine_band_must_contain_the_background_threshold():
     with pytest.raises(ConfigError, match="pseudo_labels.refine: need low <= bkg_threshold <= high"):
         params_from_dict({"pseudo_labels": {"refine": {"bkg_threshold": 0.5, "high": 0.4}}})
     refine = params_from_dict({"pseudo_labels": {"refine": {"low": 0.3}}}).pseudo_labels.refine
-    assert refine.band == (0.3, 0.5)
+    assert refine.band == (0.3, 0.4)  # high: the default bkg_threshold
 
 
 def test_missing_and_malformed_params_file(tmp_path):
