@@ -151,7 +151,7 @@ def test_three_iterations_of_the_training_loop(tmp_path, backbone, model):
     write_class_labels(tmp_path / "cls_labels.json",
                        {i: classes_in_label(gt, 21) for i, gt in gts.items()})
     config = {**CAM_PRESETS["demo"], "iterations": 3, "batch_size": 2, "crop": 24,
-              "checkpoint_every": 3, "log_every": 1, "seed": 0, "model": model,
+              "checkpoint_every": 3, "log_every": 1, "seed": 0, "model": model, "init_weights": "",
               "method_options": {"backbone": backbone}}
     method = create_method("cam", 21, config)
     dataset = TrainSet(voc_layout_split(root, "train"), get_method("cam"), 21, config, 0,

@@ -77,11 +77,12 @@ _DEMO_VIT_MODEL = {"vit_name": DUPL_PRESETS["demo"]["model"]["backbone"],
                       for key in ("patch_size", "depth", "embed_dim", "num_heads")}}
 
 CAM_PRESETS = {
-    # CPU demo on the synthetic data: the demo DeepLab's ResNet ([1, 1, 1, 1], width 16)
-    # trained from scratch, BatchNorm learning; gradient clipping and a warm-up as the demo
-    # DeepLab's, since nothing is pretrained
+    # CPU demo on the synthetic data: the demo DeepLab's ResNet ([1, 1, 1, 1], width 16),
+    # initialised by the synthetic pretraining (pretrain/dvc.yaml, which trains this preset from
+    # scratch: train.init_weights ""), BatchNorm learning; gradient clipping and a warm-up as the
+    # demo DeepLab's
     "demo": {
-        **_COMMON,
+        **_COMMON, "init_weights": "models/init/demo_resnet.pth",
         "iterations": 300, "batch_size": 16, "crop": 96, "optimizer": "sgd", "lr": 0.05,
         "weight_decay": 1e-4, "warmup_iter": 30, "grad_clip": 5.0, "train_scales": [0.75, 1.0, 1.25],
         "checkpoint_every": 100, "log_every": 10, "num_workers": 0,
@@ -91,7 +92,7 @@ CAM_PRESETS = {
     # from scratch lr 1e-3 beats DuPL's demo 5e-4 (val mAP 0.41 vs 0.31 after 150 iterations of
     # the pretraining set)
     "demo_vit": {
-        **_COMMON,
+        **_COMMON, "init_weights": "models/init/demo_vit.pth",
         "iterations": 300, "batch_size": 16, "crop": 96, "optimizer": "adamw", "lr": 1e-3,
         "weight_decay": 0.01, "warmup_iter": 30, "grad_clip": 5.0, "train_scales": [0.75, 1.0, 1.25],
         "checkpoint_every": 100, "log_every": 10, "num_workers": 0,

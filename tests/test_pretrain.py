@@ -1,0 +1,145 @@
+"""The pretraining pipeline: its classification set (disjoint from the demo data, image-level
+labels only, distractors that leave the labels alone), backbone exports that the demo DeepLab and
+DuPL load, and the demo presets' init weights (missing file, from scratch)."""
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from wsss_core import pretrain
+from wsss_core.cli import user_error_message
+from wsss_core.config import Params, PretrainParams, SyntheticData, params_from_dict
+from wsss_core.data.classes import classes_in_label, read_class_labels
+from wsss_core.data.synthetic.classification import (
+    add_distractors,
+    classification_config,
+    generate_classification_set,
+    render_classification_sample,
+)
+from wsss_core.data.synthetic.render import render_sample_with_context, split_ids
+from wsss_core.errors import DataError
+from wsss_core.methods import create_method
+from wsss_core.models import load_init_weights
+from wsss_core.models.vit_seg import build_dupl_model
+from wsss_core.presets import DEEPLAB_PRESETS, DUPL_PRESETS
+
+TINY = PretrainParams(num_train=20, num_val=3, min_size=32, max_size=40, max_objects=2,
+                      distractors=3, iterations_resnet=3, iterations_vit=3, batch_size=2, crop=32,
+                      threads=1, n_jobs=1)
+
+
+def test_classification_set_is_disjoint_labels_only_and_has_every_class(tmp_path):
+    demo = SyntheticData(context=0.3, part_focus=0.2)
+    cfg = classification_config(TINY, demo)
+    assert (cfg.context, cfg.part_focus) == (0.3, 0.2)         # the demo's appearance
+    assert cfg.seed == 1000 != demo.seed and cfg.classes == list(range(1, 21))
+    summary = generate_classification_set(tmp_path / "set", cfg, TINY.distractors)
+    root = tmp_path / "set"
+    assert not list(root.rglob("*.png"))                       # no masks
+    ids = {split: (root / "VOC2012/ImageSets/Segmentation" / name).read_text().split()
+           for split, name in (("train", "train_aug.txt"), ("val", "val.txt"))}
+    assert ids["train"][0] == "cls_train_000000" and len(ids["val"]) == 3
+    demo_ids = {i for names in split_ids(demo).values() for i in names}
+    assert not demo_ids & {i for names in ids.values() for i in names}
+    labels = read_class_labels(root / "cls_labels.json", 21)
+    for index, image_id in enumerate(ids["train"]):
+        _, gt, _ = render_sample_with_context(cfg, "train", index)
+        assert labels[image_id] == classes_in_label(gt, 21)   # the objects' classes
+        # the generator cycles the first object's class: image i of train starts with i + 1
+        assert (index + 1) % 20 + 1 in labels[image_id]
+    assert set().union(*(labels[i] for i in ids["train"])) == set(range(1, 21))
+    assert summary["images"] == {"train": 20, "val": 3}
+    assert sum(summary["images_per_class"]["train"].values()) == sum(
+        len(labels[i]) for i in ids["train"])
+
+
+def test_distractors_paint_the_background_only_and_keep_the_labels():
+    cfg = classification_config(TINY, SyntheticData())
+    changed = 0
+    for index in range(6):
+        plain, plain_classes = render_classification_sample(cfg, "train", index, 0)
+        painted, classes = render_classification_sample(cfg, "train", index, 3)
+        _, gt, _ = render_sample_with_context(cfg, "train", index)
+        assert classes == plain_classes == classes_in_label(gt, 21)
+        assert np.array_equal(painted[gt != 0], plain[gt != 0])
+        changed += int((painted != plain).any())
+    assert changed >= 3
+    # directly: nothing outside the allowed pixels moves, something inside does
+    rng = np.random.default_rng(0)
+    image = np.full((40, 40, 3), 128, np.uint8)
+    allowed = np.zeros((40, 40), bool)
+    allowed[:, :20] = True
+    out = add_distractors(image, allowed, rng, 6)
+    assert np.array_equal(out[:, 20:], image[:, 20:]) and (out[:, :20] != 128).any()
+
+
+def _demo_classifier(backbone):
+    config = pretrain.pretrain_config(Params(), backbone)
+    return create_method("cam", 21, config).build_model()
+
+
+def test_exported_resnet_is_the_whole_backbone_of_the_demo_deeplab(tmp_path):
+    path = tmp_path / "demo_resnet.pth"
+    classifier = _demo_classifier("resnet")
+    torch.save(pretrain.backbone_state(classifier, "resnet"), path)
+    pretrain.check_init_file(path, "resnet")
+    deeplab = create_method("baseline", 21, {**DEEPLAB_PRESETS["demo"], "init_weights": ""}).build_model()
+    report = load_init_weights(deeplab, path, min_share=DEEPLAB_PRESETS["demo"]["init_min_share"])
+    assert report.missing == [f"base.aspp.c{i}.{p}" for i in range(4) for p in ("weight", "bias")]
+    assert not report.unexpected
+    for key, value in classifier.base.state_dict().items():
+        assert torch.equal(deeplab.base.state_dict()[key], value), key
+
+
+def test_exported_vit_loads_strictly_into_the_demo_dupl(tmp_path):
+    path = tmp_path / "demo_vit.pth"
+    classifier = _demo_classifier("vit")
+    state = pretrain.backbone_state(classifier, "vit")
+    assert not any(k.startswith("head.") for k in state)
+    torch.save(state, path)
+    model = build_dupl_model(21, pretrained_path=str(path), **DUPL_PRESETS["demo"]["model"])
+    for student in model.students:
+        own = student.encoder.state_dict()
+        assert all(torch.equal(own[k], v) for k, v in state.items())
+    torch.save({**state, "blocks.9.extra": torch.zeros(1)}, path)
+    with pytest.raises(Exception, match="unexpected keys"):
+        pretrain.check_init_file(path, "vit")
+
+
+@pytest.mark.parametrize("backbone", ["resnet", "vit"])
+def test_pretrain_backbone_trains_scores_and_exports(tmp_path, backbone):
+    params = dataclasses.replace(Params(), pretrain=TINY)
+    data = tmp_path / "data"
+    pretrain.make_classification_set(params, data)
+    report = pretrain.pretrain_backbone(params, backbone, data, tmp_path / "model",
+                                        tmp_path / "init.pth", tmp_path / "metrics")
+    assert report["iterations"] == 3 and report["train_images"] == 20
+    assert 0.0 <= report["val_map"] <= 1.0 and report["val_images"] == 3
+    assert json.loads((tmp_path / "metrics" / f"{backbone}.json").read_text()) == report
+    pretrain.check_init_file(tmp_path / "init.pth", backbone)
+
+
+@pytest.mark.parametrize("method", ["baseline", "dupl", "cam"])
+def test_missing_init_file_is_a_one_line_error_naming_it(tmp_path, method, monkeypatch):
+    monkeypatch.chdir(tmp_path)   # no models/init/ here
+    params = params_from_dict({"method": method})
+    from wsss_core.presets import effective_train_config
+
+    config = effective_train_config(params)
+    assert config["init_weights"].startswith("models/init/demo_")
+    with pytest.raises(DataError) as caught:
+        create_method(method, 21, config).build_model()
+    assert user_error_message(caught.value).startswith(f"{config['init_weights']}: ")
+
+
+def test_empty_init_weights_trains_from_scratch(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    from wsss_core.presets import effective_train_config
+
+    for method in ("baseline", "dupl", "cam"):
+        config = effective_train_config(params_from_dict({"method": method,
+                                                          "train": {"init_weights": ""}}))
+        assert config["init_weights"] == ""
+        create_method(method, 21, config).build_model()   # nothing is read
