@@ -356,3 +356,7 @@ def test_source_cams_on_a_tiny_synthetic_dataset(tmp_path, one_thread):
     with pytest.raises(DataError, match="config.json: the classifier was trained for 81 "
                                         "classes, dataset 'synthetic' has 21"):
         compute_cams(params, paths)
+    write_manifest(paths.classifier, {"used": True, "source": "dupl", "method": "dupl"})
+    with pytest.raises(DataError, match="cam_classifier/manifest.json: a classifier made for "
+                                        "pseudo_labels.source 'dupl', not 'cams'"):
+        compute_cams(params, paths)

@@ -80,12 +80,15 @@ def write_manifest(folder: Path, manifest: dict) -> None:
 
 
 def read_manifest(folder: Path, source: str) -> dict:
-    """The manifest of a CAM folder made for pseudo_labels.source `source`."""
+    """The manifest of the cams (or cam_classifier) stage's folder, which must have been made
+    for pseudo_labels.source `source`."""
     path = folder / MANIFEST
+    stage = "cam_classifier" if (folder / "config.json").exists() else "cams"
     if not path.is_file():
-        raise DataError(path, "no CAMs here (run the cams stage)")
+        raise DataError(path, f"not found (run the {stage} stage)")
     manifest = read_json(path)
     if not manifest.get("used") or manifest.get("source") != source:
-        raise DataError(path, f"CAMs made for pseudo_labels.source "
-                              f"{manifest.get('source')!r}, not {source!r} (run the cams stage)")
+        made = "a classifier" if stage == "cam_classifier" else "CAMs"
+        raise DataError(path, f"{made} made for pseudo_labels.source "
+                              f"{manifest.get('source')!r}, not {source!r} (run the {stage} stage)")
     return manifest
