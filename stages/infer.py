@@ -10,17 +10,22 @@ import argparse
 from wsss_core.cli import run_stage
 from wsss_core.config import load_params
 from wsss_core.paths import add_path_arguments, paths_from_args
-from wsss_core.pipeline import run_inference
+from wsss_core.pipeline import run_inference, run_inference_splits
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--split", choices=["val", "test"], default="val",
-                        help="test: logits of the VOC test list for stages/export_voc_test.py")
+    parser.add_argument("--split", choices=["val", "test"], default=None,
+                        help="only this split (test: logits of the VOC test list for "
+                             "stages/export_voc_test.py); default: every scored split")
     add_path_arguments(parser, "prepared", "model_dir", "logits", "metrics")
     params = load_params()
     args = parser.parse_args()
-    run_inference(params, paths_from_args(params, args), args.split)
+    paths = paths_from_args(params, args)
+    if args.split:
+        run_inference(params, paths, args.split)
+    else:
+        run_inference_splits(params, paths)
 
 
 if __name__ == "__main__":

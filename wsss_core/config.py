@@ -34,9 +34,21 @@ class SyntheticData:
     # VOC class ids drawn in the images (background 0 is implicit); the ids keep VOC's meaning.
     classes: list[int] = field(default_factory=lambda: [1, 3, 8, 12, 15, 19])
     seed: int = 0
+    # held-out split with GT (ids syn_test_*), never trained or tuned on
+    num_test: int = 50
+    # probability that an object gets its class's co-occurring background structure (rails under
+    # trains, water under boats, ...): CAMs spill onto it; it stays background in the GT
+    context: float = 0.0
+    # 0..1: how much of an object's class look is kept only on a discriminative part (head,
+    # front); the rest is pulled towards a palette shared by all classes, like CAMs that cover
+    # only the most discriminative part
+    part_focus: float = 0.0
 
     def validate(self, where: str) -> None:
         _check(self.num_train >= 1 and self.num_val >= 1, where, "num_train and num_val must be >= 1")
+        _check(self.num_test >= 0, f"{where}.num_test", "must be >= 0")
+        _check(0.0 <= self.context <= 1.0, f"{where}.context", "must be in [0, 1]")
+        _check(0.0 <= self.part_focus <= 1.0, f"{where}.part_focus", "must be in [0, 1]")
         _check(16 <= self.min_size <= self.max_size, where, "need 16 <= min_size <= max_size")
         _check(self.max_objects >= 1, where, "max_objects must be >= 1")
         _check(len(self.classes) >= 2 and len(set(self.classes)) == len(self.classes), where,
@@ -105,23 +117,92 @@ class DataParams:
         _check(0.0 <= self.noise <= 1.0, f"{where}.noise", "must be in [0, 1]")
 
 
+PseudoLabelSource = Literal["simulate", "files", "cams", "dupl"]
+DEFAULT_SIMULATE_PATH = "data/prepared/synthetic/VOC2012/SegmentationClassAug"
+
+
+@dataclass
+class CamParams:
+    """Stage cams: multi-scale (+ flip) CAMs of every train image, stored compactly."""
+
+    scales: list[float] = field(default_factory=lambda: [1.0, 0.5, 1.5])
+    flip: bool = True
+    # stored every `stride` pixels (float16): refinement upsamples them to the image again
+    stride: int = 4
+
+    def validate(self, where: str) -> None:
+        _check(len(self.scales) >= 1 and all(s > 0 for s in self.scales), f"{where}.scales",
+               "must list at least one scale > 0")
+        _check(self.stride >= 1, f"{where}.stride", "must be >= 1")
+
+
+@dataclass
+class RefineParams:
+    """Stage pseudo_labels with source cams/dupl: stored CAMs -> pixel labels.
+
+    A pixel's score is the max of its present classes' CAMs (after `method`'s refinement). It is
+    background where that is <= `low`, the arg-max class where it is > `high`, and 255 (ignored)
+    in between, as DuPL/ToCo's two background planes; `low`/`high` null take `bkg_threshold`
+    (no ignore band: background where the score is <= `bkg_threshold`)."""
+
+    # none: the rule on the CAMs; par: DuPL/ToCo's PAR with two background planes (the image's
+    # colours pull the scores); crf: DenseCRF (wsss_core.crf) of [background, CAMs] per plane
+    method: Literal["none", "par", "crf"] = "crf"
+    bkg_threshold: float = 0.4
+    low: float | None = None
+    high: float | None = None
+    crf_preset: Literal["deeplab", "dupl"] = "dupl"   # DenseCRF kernel of `method: crf`
+
+    @property
+    def band(self) -> tuple[float, float]:
+        """(low, high) with null taking bkg_threshold."""
+        return (self.bkg_threshold if self.low is None else self.low,
+                self.bkg_threshold if self.high is None else self.high)
+
+    def validate(self, where: str) -> None:
+        for name in ("bkg_threshold", "low", "high"):
+            value = getattr(self, name)
+            _check(value is None or 0.0 <= value <= 1.0, f"{where}.{name}", "must be in [0, 1]")
+        low, high = self.band
+        _check(low <= self.bkg_threshold <= high, where,
+               "need low <= bkg_threshold <= high (null takes bkg_threshold)")
+
+
 @dataclass
 class PseudoLabelParams:
-    # folder under data/pseudo_labels/ the ingested labels go to (tracked by DVC)
+    # folder under data/pseudo_labels/ the labels go to (tracked by DVC); also names data/cams/<name>
     name: str = "synthetic"
-    # a folder or .zip/.tar/.tar.gz archive of PNGs named <image id>.png (e.g. A2GNN/EPS/RIB/VML
-    # labels), or with `simulate` the GT folder whose masks are corrupted with data.noise. Always
-    # a path: dvc.yaml makes it a dependency, so new contents at the same path rerun the stage
-    source: str = "data/prepared/synthetic/VOC2012/SegmentationClassAug"
-    # true: simulated CAM-like noise on the masks in `source` (the synthetic dataset's GT)
-    simulate: bool = False
+    # simulate: CAM-like noise (data.noise) on the synthetic GT in `path`; files: a folder or
+    # .zip/.tar/.tar.gz of <id>.png in `path` (A2GNN/EPS/RIB/VML labels); cams: a CAM classifier
+    # (method cam) trained on the image-level labels, its CAMs refined (stages cam_classifier,
+    # cams); dupl: the same with a DuPL student's CAMs
+    source: PseudoLabelSource = "simulate"
+    # simulate: the GT folder; files: the folder/archive. A DVC dependency (new contents at the
+    # same path rerun the stage), so it must exist whatever the source (cams/dupl do not read it)
+    path: str = DEFAULT_SIMULATE_PATH
+    # the classifier of source cams/dupl: a training configuration like `train` (preset of
+    # method cam resp. dupl, null values take the preset's)
+    classifier: TrainParams = field(default_factory=lambda: TrainParams())
+    cam: CamParams = field(default_factory=CamParams)
+    refine: RefineParams = field(default_factory=RefineParams)
+
+    @property
+    def simulated(self) -> bool:
+        return self.source == "simulate"
+
+    @property
+    def from_cams(self) -> bool:
+        """The labels are refined CAMs of a classifier trained in the pipeline."""
+        return self.source in ("cams", "dupl")
+
+    @property
+    def classifier_method(self) -> str:
+        return "dupl" if self.source == "dupl" else "cam"
 
     def validate(self, where: str) -> None:
         _check(bool(self.name) and "/" not in self.name and self.name not in (".", ".."),
                f"{where}.name", "must be a plain folder name")
-        _check(self.source not in ("", "synthetic"), f"{where}.source",
-               "must be a path (for simulated noise: the synthetic GT folder "
-               "data/prepared/synthetic/VOC2012/SegmentationClassAug with simulate: true)")
+        _check(bool(self.path), f"{where}.path", "must be a path (it is a DVC dependency)")
 
 
 @dataclass
@@ -187,6 +268,14 @@ class TrainParams:
     # (ResNet stages, ViT blocks); NHWC convolutions (DeepLab family only)
     grad_checkpointing: bool = False
     channels_last: bool = False
+    # fp32 (the papers') | bf16 | fp16: autocast of the forward, losses kept in float32; fp16
+    # adds loss scaling (README "Training on GPUs")
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # score the val split (no CRF) every N iterations and at the end, log val/miou, keep
+    # models/<method>/model_best.pth; 0/null = off (model_best.pth is then the last model)
+    val_every: int | None = None
+    # scales of that validation: single (1.0) | inference (the method's test scales)
+    val_scales: Literal["single", "inference"] = "single"
 
     _PRESET_KEYS = ("iterations", "batch_size", "iter_size", "crop", "lr", "checkpoint_every",
                     "log_every", "num_workers", "init_weights", "init_min_share")
@@ -202,6 +291,8 @@ class TrainParams:
         _check(self.lr is None or self.lr > 0, f"{where}.lr", "must be > 0")
         _check(self.init_min_share is None or 0 <= self.init_min_share <= 1,
                f"{where}.init_min_share", "must be in [0, 1]")
+        _check(self.val_every is None or self.val_every >= 0, f"{where}.val_every",
+               "must be >= 0 (0 or null: no validation during training)")
 
 
 @dataclass
@@ -213,6 +304,11 @@ class InferParams:
     # ("" = that one): this project's, deeplab-pytorch's, CDL's, DuPL's or ToCo's .pth
     # (wsss_core.models.checkpoints)
     weights: str = ""
+    # which model of the train stage: last (model.pth, as the papers report) | best
+    # (model_best.pth, the best val score of train.val_every); infer.weights wins when set
+    checkpoint: Literal["last", "best"] = "last"
+    # fp32 | bf16 | fp16: autocast of the forward; logits are stored as `dtype` from float32
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
 
     def validate(self, where: str) -> None:
         _check(self.nproc >= 1, f"{where}.nproc", "must be >= 1")
@@ -261,6 +357,40 @@ class BenchmarkParams:
 
 
 @dataclass
+class PretrainParams:
+    """The stand-in for ImageNet pretraining (pretrain/dvc.yaml, wsss_core.pretrain): a synthetic
+    classification set (all 20 VOC classes, image-level labels only, distractor textures on the
+    background; the demo data's appearance, its own seed), a `cam` classifier trained on it per
+    backbone, whose backbones initialise the demo DeepLab and DuPL."""
+
+    num_train: int = 2700
+    num_val: int = 300           # held out: the classifiers' mAP / accuracy
+    min_size: int = 96
+    max_size: int = 128
+    max_objects: int = 3
+    seed: int = 1000             # other images than the demo data's (data.synthetic.seed)
+    # class-less patches with a random class's texture and colours on background pixels, at
+    # most this many per image (uniform 0..n)
+    distractors: int = 3
+    iterations_resnet: int = 600
+    iterations_vit: int = 900
+    batch_size: int = 16
+    crop: int = 96
+    threads: int = 2             # CPU threads of each training (float sums depend on it)
+    n_jobs: int = 2              # rendering workers
+
+    def validate(self, where: str) -> None:
+        _check(self.num_train >= 1 and self.num_val >= 1, where, "num_train and num_val must be >= 1")
+        _check(16 <= self.min_size <= self.max_size, where, "need 16 <= min_size <= max_size")
+        _check(self.max_objects >= 1, f"{where}.max_objects", "must be >= 1")
+        _check(self.distractors >= 0, f"{where}.distractors", "must be >= 0")
+        for key in ("iterations_resnet", "iterations_vit", "batch_size", "crop", "threads"):
+            _check(getattr(self, key) >= 1, f"{where}.{key}", "must be >= 1")
+        _check(self.batch_size <= self.num_train, f"{where}.batch_size", "exceeds num_train")
+        _check(self.n_jobs != 0, f"{where}.n_jobs", "must be -1 (all cores) or a non-zero count")
+
+
+@dataclass
 class Params:
     method: str = "baseline"   # a name in wsss_core.registry
     dataset: DatasetName = "synthetic"
@@ -272,15 +402,17 @@ class Params:
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     crf: CrfParams = field(default_factory=CrfParams)
     benchmark: BenchmarkParams = field(default_factory=BenchmarkParams)
+    pretrain: PretrainParams = field(default_factory=PretrainParams)
 
     def validate(self, where: str) -> None:
         from .registry import get_method
 
         get_method(self.method)
-        if self.pseudo_labels.simulate and self.dataset != "synthetic":
+        if self.pseudo_labels.simulated and self.dataset != "synthetic":
             raise ConfigError(
-                f"params.yaml: pseudo_labels.simulate needs dataset 'synthetic' (got "
-                f"'{self.dataset}'); give a folder or archive of pseudo labels as the source"
+                f"params.yaml: pseudo_labels.source: simulate needs dataset 'synthetic' (got "
+                f"'{self.dataset}'); use files (a folder or archive in pseudo_labels.path), "
+                "cams or dupl"
             )
 
     @property
@@ -308,7 +440,22 @@ def load_params(path: str | Path = PARAMS_FILE, overrides: dict | None = None) -
 
 
 def params_from_dict(raw: dict, source: str = PARAMS_FILE) -> Params:
+    _reject_legacy_pseudo_label_keys(raw, source)
     return _build(Params, raw, "", source)
+
+
+def _reject_legacy_pseudo_label_keys(raw, source: str) -> None:
+    """The pre-mode layout (`source: <path>`, `simulate: true|false`) fails with the fix."""
+    group = raw.get("pseudo_labels") if isinstance(raw, dict) else None
+    if not isinstance(group, dict):
+        return
+    if "simulate" in group:
+        raise ConfigError(f"{source}: pseudo_labels.simulate: removed; write pseudo_labels.source: "
+                          "simulate (or files) and the folder as pseudo_labels.path")
+    value = group.get("source")
+    if isinstance(value, str) and value not in typing.get_args(PseudoLabelSource):
+        raise ConfigError(f"{source}: pseudo_labels.source: is now the mode (simulate, files, "
+                          f"cams, dupl), not a path: write source: files and path: {value}")
 
 
 def _check(ok: bool, where: str, problem: str) -> None:

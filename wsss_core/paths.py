@@ -23,6 +23,10 @@ class RunPaths:
     logits: Path          # <split>/<id>.npy, per method (data/logits/<method>)
     predictions: Path     # <split>/<id>.png after the CRF (data/predictions/<method>)
     metrics: Path         # metric files, DVCLive curves, plots (metrics)
+    # the CAM classifier of pseudo_labels.source cams/dupl: model, checkpoints, its training
+    # metrics (models/cam_classifier)
+    classifier: Path = Path("models/cam_classifier")
+    cams: Path = Path("data/cams/synthetic")   # its stored train CAMs (data/cams/<name>)
 
     @classmethod
     def defaults(cls, params: Params, root: str | Path = ".") -> RunPaths:
@@ -32,7 +36,9 @@ class RunPaths:
                    model_dir=root / "models" / params.method,
                    logits=root / "data/logits" / params.method,
                    predictions=root / "data/predictions" / params.method,
-                   metrics=root / "metrics")
+                   metrics=root / "metrics",
+                   classifier=root / "models/cam_classifier",
+                   cams=root / "data/cams" / params.pseudo_labels.name)
 
     # ----------------------------------------------------------------- derived files
     @property
@@ -74,11 +80,17 @@ class RunPaths:
 
     @property
     def scores(self) -> Path:
-        return self.metrics / "scores.json"
+        return self.scores_of("val")
 
     @property
     def scores_crf(self) -> Path:
-        return self.metrics / "scores_crf.json"
+        return self.scores_of("val", crf=True)
+
+    def scores_of(self, split: str, crf: bool = False) -> Path:
+        """The scores of a split: val keeps the historical names (scores.json,
+        scores_crf.json), the held-out test split gets scores_test.json, scores_crf_test.json."""
+        stem = "scores_crf" if crf else "scores"
+        return self.metrics / (f"{stem}.json" if split == "val" else f"{stem}_{split}.json")
 
     @property
     def pseudo_label_scores(self) -> Path:

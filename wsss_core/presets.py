@@ -29,8 +29,10 @@ _DEEPLAB_COMMON = {
 _RESNET101 = {"blocks": [3, 4, 23, 3], "width": 64, "freeze_bn": True}
 
 DEEPLAB_PRESETS = {
-    # CPU demo on the synthetic data: a shallow, narrow DeepLab v2 trained from scratch, so
-    # BatchNorm learns (the paper configs freeze it around pretrained statistics)
+    # CPU demo on the synthetic data: a shallow, narrow DeepLab v2 whose ResNet is initialised
+    # by the synthetic pretraining (pretrain/dvc.yaml, the stand-in for ImageNet; from scratch:
+    # train.init_weights ""); BatchNorm learns (the paper configs freeze it around pretrained
+    # statistics)
     "demo": {
         **_DEEPLAB_COMMON,
         "iterations": 300, "batch_size": 8, "iter_size": 1, "crop": 80, "lr": 0.01,
@@ -39,7 +41,7 @@ DEEPLAB_PRESETS = {
         # from scratch the 10x/20x heads make early losses explode (x50 and more) and some
         # seeds never recover; clipping the gradient norm keeps every seed on track
         "grad_clip": 5.0,
-        "num_workers": 0, "init_weights": "",
+        "num_workers": 0, "init_weights": "models/init/demo_resnet.pth",
         "model": {"blocks": [1, 1, 1, 1], "width": 16, "msc_scales": [0.5, 0.75],
                   "test_scales": [0.5, 0.75], "freeze_bn": False},
         # CDL from scratch in a few hundred iterations (README "Results" has the sweep):
@@ -92,14 +94,15 @@ _DUPL_COMMON = {
 
 DUPL_PRESETS = {
     # CPU demo: two small ViT students (DeiT-Tiny layout cut to 4 blocks of width 128, 8-px
-    # patches for a 12×12 token grid on 96-px crops, LargeFOV of width 128) trained from
-    # scratch (no weights can be downloaded), batch 4 as the authors insist; the VOC phase
-    # table is rescaled to the run's length
+    # patches for a 12×12 token grid on 96-px crops, LargeFOV of width 128), both encoders
+    # initialised by the synthetic pretraining (pretrain/dvc.yaml; nothing can be downloaded;
+    # from scratch: train.init_weights ""), batch 4 as the authors insist; the VOC phase table
+    # is rescaled to the run's length
     "demo": {
         **_DUPL_COMMON,
         "iterations": 300, "batch_size": 4, "iter_size": 1, "crop": 96, "lr": 5e-4,
         "warmup_iter": 30, "checkpoint_every": 100, "log_every": 10, "num_workers": 0,
-        "init_weights": "", "schedule": "voc",
+        "init_weights": "models/init/demo_vit.pth", "schedule": "voc",
         "model": {"backbone": "deit_tiny_patch16_224", "patch_size": 8, "depth": 4,
                   "embed_dim": 128, "num_heads": 4, "decoder_width": 128},
     },

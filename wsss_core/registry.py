@@ -47,7 +47,9 @@ class MethodRecord:
       inference stage scores each on val and keeps the best (DuPL's two students);
     - `options`: the dataclass of `train.method_options` (field types are checked);
     - `val_extras(model, split, class_labels, device, config) -> dict`: optional extra val
-      figures for metrics/scores.json (DuPL: CAM mIoU of each student).
+      figures for metrics/scores.json (DuPL: CAM mIoU of each student);
+    - `cam_model(model) -> nn.Module`: the module with `.cams()` whose CAMs the cams stage
+      stores (pseudo_labels.source cams/dupl); None: the model itself has `.cams()`.
     """
 
     name: str
@@ -61,6 +63,7 @@ class MethodRecord:
     predictors: Callable[[dict], dict[str, Predictor]]
     options: type
     val_extras: Callable[..., dict] | None = None
+    cam_model: Callable[[nn.Module], nn.Module] | None = None
     description: str = ""   # one line for people listing the methods
 
     @property
@@ -70,7 +73,8 @@ class MethodRecord:
 
 _RECORDS: dict[str, MethodRecord] = {}
 # modules whose import registers the built-in methods (imported on first lookup)
-_BUILTIN_MODULES = ("wsss_core.methods.deeplab_family", "wsss_core.methods.dupl.record")
+_BUILTIN_MODULES = ("wsss_core.methods.deeplab_family", "wsss_core.methods.dupl.record",
+                    "wsss_core.methods.cam_classifier")
 _loaded = False
 
 
