@@ -121,10 +121,11 @@ def test_pretrain_backbone_trains_scores_and_exports(tmp_path, backbone):
     pretrain.check_init_file(tmp_path / "init.pth", backbone)
 
 
-@pytest.mark.parametrize("method", ["baseline", "dupl", "cam"])
-def test_missing_init_file_is_a_one_line_error_naming_it(tmp_path, method, monkeypatch):
+@pytest.mark.parametrize("method,init", [("baseline", None), ("cam", None),
+                                         ("dupl", "models/init/demo_vit.pth")])
+def test_missing_init_file_is_a_one_line_error_naming_it(tmp_path, method, init, monkeypatch):
     monkeypatch.chdir(tmp_path)   # no models/init/ here
-    params = params_from_dict({"method": method})
+    params = params_from_dict({"method": method, "train": {"init_weights": init}})
     from wsss_core.presets import effective_train_config
 
     config = effective_train_config(params)
