@@ -54,12 +54,17 @@ def make_voc_dataset(root: Path, splits: dict[str, list[str]], size=(20, 24), nu
 
 
 def copy_repo(dest: Path) -> Path:
-    """The code and config of this repository (no data, no venv) in `dest`."""
+    """The code, config and committed init weights of this repository (no data, no venv) in
+    `dest`."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("wsss_core", "stages", "robustness"):
         shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("params.yaml", "dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy2(REPO / name, dest / name)
+    # the demo presets' committed init weights (pretrain/dvc.yaml)
+    (dest / "models/init").mkdir(parents=True, exist_ok=True)
+    for weights in (REPO / "models/init").glob("demo_*.pth"):
+        shutil.copy2(weights, dest / "models/init" / weights.name)
     return dest
 
 

@@ -112,7 +112,7 @@ def test_feature_sizes_of_a_real_forward():
 
 # --------------------------------------------------------------------------- build_model
 def test_build_model_registry_and_parameter_checks():
-    assert set(method_names()) == {"baseline", "cdl_b", "cdl_e", "dupl"}
+    assert set(method_names()) == {"baseline", "cdl_b", "cdl_e", "dupl", "cam"}
     with pytest.raises(ConfigError, match="unknown method 'deeplab'"):
         build_model("deeplab", 21)
     with pytest.raises(ConfigError, match="'widht'"):

@@ -137,7 +137,7 @@ def test_pipeline_validation_scores_like_inference_and_infer_loads_the_best(tmp_
     monkeypatch.setenv("WSSS_CPU_THREADS", "1")   # the stages' thread budget
     tiny = copy.deepcopy(DEEPLAB_PRESETS["demo"])
     tiny.update(iterations=4, batch_size=2, crop=24, checkpoint_every=2, log_every=1,
-                warmup_iter=1, model={"blocks": [1, 1, 1, 1], "width": 8, "msc_scales": [0.5],
+                warmup_iter=1, init_weights="", model={"blocks": [1, 1, 1, 1], "width": 8, "msc_scales": [0.5],
                                       "test_scales": [0.5], "freeze_bn": False})
     tiny.pop("method_overrides")
     monkeypatch.setitem(DEEPLAB_PRESETS, "tiny", tiny)
@@ -198,7 +198,7 @@ def test_validation_is_sharded_over_the_ranks(tmp_path):
     make_voc_dataset(tmp_path, {"val": ["v1", "v2", "v3"]}, size=(20, 24))
     split = voc_layout_split(tmp_path, "val")
     config = copy.deepcopy(DEEPLAB_PRESETS["demo"])
-    config.update(seed=0, model={"blocks": [1, 1, 1, 1], "width": 8, "msc_scales": [0.5],
+    config.update(seed=0, init_weights="", model={"blocks": [1, 1, 1, 1], "width": 8, "msc_scales": [0.5],
                                  "test_scales": [0.5], "freeze_bn": True})
     torch.manual_seed(0)
     model = create_method("baseline", 21, config).build_model()
