@@ -24,7 +24,7 @@ def test_params_file_uses_block_lists():
 @pytest.mark.parametrize(
     "raw, message",
     [
-        ({"method": "cdl_x"}, "method: unknown method 'cdl_x' (allowed: baseline, cdl_b, cdl_e, dupl, cam)"),
+        ({"method": "cdl_x"}, "method: unknown method 'cdl_x' (allowed: baseline, cam, cdl_b, cdl_e, dupl)"),
         ({"dataset": "ade20k"}, "dataset: expected one of 'synthetic', 'voc12', 'coco14'"),
         ({"data": {"nosie": 0.3}}, "unknown key 'data.nosie' (allowed: synthetic, noise,"),
         ({"learning_rate": 1}, "unknown key 'learning_rate' (allowed: method, dataset,"),

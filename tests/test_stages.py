@@ -63,7 +63,7 @@ def _rgb_gt(repo):
          "t1.png: label size 24x21 .* differs from the image's 24x20"),
         (lambda r: write_label(r / "voc/VOC2012/SegmentationClassAug/t1.png", np.full((20, 24), 99, np.uint8)),
          r"t1.png: label values \[99\] out of range"),
-        (lambda r: set_param(r, "method", "deeplab"), r"method: unknown method 'deeplab' \(allowed: baseline, cdl_b, cdl_e, dupl, cam\)"),
+        (lambda r: set_param(r, "method", "deeplab"), r"method: unknown method 'deeplab' \(allowed: baseline, cam, cdl_b, cdl_e, dupl\)"),
         (lambda r: set_param(r, "dataset", "cityscapes"), "dataset: expected one of 'synthetic', 'voc12', 'coco14'"),
         (lambda r: set_param(r, "data.voc12.rooot", "x"), "unknown key 'data.voc12.rooot'"),
     ],

@@ -102,19 +102,9 @@ HEADLINE_KEYS = ("method", "split", "crf", "noise", "miou", "miou_no_crf", "pixe
                  "predictor", "predictors_miou", "cam_miou")
 
 
-# of a report's `context` figures (synthetic data with context: where labels call its
-# class-specific background foreground), the four a metric file keeps
-CONTEXT_HEADLINE_KEYS = ("context_fp_rate", "other_background_fp_rate", "fp_on_context_share",
-                         "missed_object_share")
-
-
 def headline(report: dict) -> dict:
-    """The headline entries of a `scores_report` (in `HEADLINE_KEYS` order), for a metric file;
-    of its `context` figures only `CONTEXT_HEADLINE_KEYS`."""
-    out = {key: report[key] for key in HEADLINE_KEYS if key in report}
-    if "context" in report:
-        out["context"] = {key: report["context"][key] for key in CONTEXT_HEADLINE_KEYS}
-    return out
+    """The headline entries of a `scores_report` (in `HEADLINE_KEYS` order), for a metric file."""
+    return {key: report[key] for key in HEADLINE_KEYS if key in report}
 
 
 def confusion_plot_rows(matrix: ConfusionMatrix, class_names, rows_per_class: int = 200

@@ -170,7 +170,9 @@ def compute_cams(params: Params, paths: RunPaths) -> dict:
 
 def score_pseudo_labels(params: Params, paths: RunPaths, out: Path | None = None) -> dict:
     """mIoU of the pseudo labels in `paths.pseudo_labels` against the train GT → `out`
-    (default `paths.pseudo_label_scores`, metrics/pseudo_labels.json) and a per-class CSV."""
+    (default `paths.pseudo_label_scores`, metrics/pseudo_labels.json), a per-class CSV, and
+    where their errors lie on the synthetic data's context → `<stem>_context.json` (a plain
+    file: its keys would widen `dvc metrics show`; `{}` without context maps)."""
     check_configuration(params)
     split = resolve_split(params, "train", paths.prepared)
     matrix = score_folder(paths.pseudo_labels, split, params.num_classes, "labels",
@@ -186,7 +188,9 @@ def score_pseudo_labels(params: Params, paths: RunPaths, out: Path | None = None
         # how much of the synthetic data's class-specific background the labels call foreground
         report["context"] = context_statistics(paths.pseudo_labels, split.gt_dir, context_dir,
                                                split.ids, params.num_classes)
-    write_report(out or paths.pseudo_label_scores, report)
+    out = out or paths.pseudo_label_scores
+    write_report(out, report)
+    write_json(out.with_name(out.stem + "_context.json"), report.get("context", {}))
     print(f"pseudo_labels: mIoU {report['miou']:.4f} on {len(split.ids)} train images", flush=True)
     return report
 

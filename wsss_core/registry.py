@@ -106,7 +106,7 @@ def get_method(name: str, key: str = "method") -> MethodRecord:
     _load_builtins()
     if name not in _RECORDS:
         raise ConfigError(f"params.yaml: {key}: unknown method '{name}' (allowed: "
-                          f"{', '.join(_RECORDS)})")
+                          f"{', '.join(sorted(_RECORDS))})")
     return _RECORDS[name]
 
 
