@@ -99,7 +99,7 @@ def make_pseudo_labels(noise: float) -> dict:
     from .pipeline import publish_pseudo_labels, score_pseudo_labels
 
     _benchmark_params()
-    params = load_params(overrides={"data.noise": float(noise)})
+    params = load_params(overrides={"data.noise": float(noise), "pseudo_labels.source": "simulate"})
     paths = dataclasses.replace(RunPaths.defaults(params), pseudo_labels=pseudo_label_folder(noise))
     publish_pseudo_labels(params, paths)
     return score_pseudo_labels(params, paths, out=pseudo_label_scores(noise))
@@ -111,7 +111,7 @@ def _cell_params(method: str, noise: float, seed: int) -> Params:
     scored (never a released checkpoint named by infer.weights)."""
     return load_params(overrides={"method": method, "seed": int(seed), "data.noise": float(noise),
                                   "train.nproc": 1, "infer.nproc": 1, "crf.overlays": 0,
-                                  "infer.weights": ""})
+                                  "infer.weights": "", "pseudo_labels.source": "simulate"})
 
 
 def cell_paths(params: Params, method: str, noise: float | None, seed: int) -> RunPaths:
