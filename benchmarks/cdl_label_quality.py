@@ -2,7 +2,8 @@
 on the synthetic data and prints, per logging window after the correction starts, the mIoU
 against the ground truth of the pseudo labels the batch came with and of the labels CDL corrected
 them to (full-resolution MSC output, the label both experts learn from), plus how many pixels
-the correction changed.
+the correction rewrote, how many of those it rewrote to the GT class ("right") and how many it
+rewrote away from a label that was right ("broken").
 
     python benchmarks/cdl_label_quality.py [--method cdl_b] [--noise-dir data/pseudo_labels/synthetic]
 
@@ -57,11 +58,12 @@ def main() -> None:
     start = int(cdl.config.warmup_ratio * iterations) + 1
     generator = torch.Generator().manual_seed(args.seed)
     raw_cm = fixed_cm = None
-    changed = total = 0
+    changed = total = right = broken = 0
     epoch, order, position = 0, [], 0
     started = time.time()
     print(f"{args.method}: correction from iteration {start} of {iterations}; labels {labels_dir}")
-    print("iterations | pseudo labels mIoU | corrected labels mIoU | pixels changed")
+    print("iterations | pseudo labels mIoU | corrected labels mIoU | pixels rewritten | of them "
+          "right | of them broken")
     for iteration in range(1, iterations + 1):
         if position + batch_size > len(order):
             noisy.set_epoch(epoch)
@@ -94,13 +96,18 @@ def main() -> None:
             raw_cm, fixed_cm = ConfusionMatrix(params.num_classes), ConfusionMatrix(params.num_classes)
         raw_cm.update(raw.numpy(), small_gt)
         fixed_cm.update(corrected.numpy(), small_gt)
-        changed += int((corrected != raw).sum())
+        rewritten = (corrected != raw).numpy()
+        truth_now = small_gt
+        changed += int(rewritten.sum())
+        right += int((rewritten & (corrected.numpy() == truth_now)).sum())
+        broken += int((rewritten & (raw.numpy() == truth_now)).sum())
         total += raw.numel()
         if (iteration - start + 1) % args.window == 0 or iteration == iterations:
             print(f"{iteration - args.window + 1:4d}-{iteration:<4d} | {raw_cm.scores()['miou']:.4f} | "
-                  f"{fixed_cm.scores()['miou']:.4f} | {changed / total:.1%}", flush=True)
+                  f"{fixed_cm.scores()['miou']:.4f} | {changed / total:.1%} | "
+                  f"{right / max(changed, 1):.1%} | {broken / max(changed, 1):.1%}", flush=True)
             raw_cm = fixed_cm = None
-            changed = total = 0
+            changed = total = right = broken = 0
     print(f"({time.time() - started:.0f} s)")
 
 
