@@ -32,8 +32,8 @@ TINY = PretrainParams(num_train=20, num_val=3, min_size=32, max_size=40, max_obj
 
 def test_classification_set_is_disjoint_labels_only_and_has_every_class(tmp_path):
     demo = SyntheticData(context=0.3, part_focus=0.2)
-    cfg = classification_config(TINY, demo)
-    assert (cfg.context, cfg.part_focus) == (0.3, 0.2)         # the demo's appearance
+    cfg = classification_config(dataclasses.replace(TINY, context=0.6, part_focus=0.4))
+    assert (cfg.context, cfg.part_focus) == (0.6, 0.4)         # the set's own, not the demo's
     assert cfg.seed == 1000 != demo.seed and cfg.classes == list(range(1, 21))
     summary = generate_classification_set(tmp_path / "set", cfg, TINY.distractors)
     root = tmp_path / "set"
@@ -56,7 +56,7 @@ def test_classification_set_is_disjoint_labels_only_and_has_every_class(tmp_path
 
 
 def test_distractors_paint_the_background_only_and_keep_the_labels():
-    cfg = classification_config(TINY, SyntheticData())
+    cfg = classification_config(dataclasses.replace(TINY, context=0.0, part_focus=0.0))
     changed = 0
     for index in range(6):
         plain, plain_classes = render_classification_sample(cfg, "train", index, 0)

@@ -189,3 +189,25 @@ def test_checkpoint_loads_weights_only_and_holds_the_resume_position(tmp_path):
     assert len(state["processes"]) == 1 and set(state["processes"][0]["rng"]) == {
         "torch", "numpy", "python"}
 
+
+
+def test_images_stamp_changes_when_the_images_are_redrawn(tmp_path):
+    # the CAM classifier's labels (image-level) stay the same when the synthetic images are
+    # redrawn with another appearance: the stamp of the images must tell the runs apart
+    from wsss_core.train import images_stamp
+
+    a, b = tmp_path / "a.jpg", tmp_path / "b.jpg"
+    a.write_bytes(b"1234")
+    b.write_bytes(b"5678")
+    os.utime(a, ns=(10**18, 10**18))
+    os.utime(b, ns=(10**18, 10**18))
+    stamp = images_stamp([a, b])
+    assert images_stamp([a, b]) == stamp                    # same files: an interrupted run resumes
+    b.write_bytes(b"5679")                                  # same size, redrawn
+    os.utime(b, ns=(10**18 + 1, 10**18 + 1))
+    assert images_stamp([a, b]) != stamp
+    os.utime(b, ns=(10**18, 10**18))
+    assert images_stamp([a, b]) == stamp                    # (name, size, mtime) only
+    b.write_bytes(b"56789")
+    os.utime(b, ns=(10**18, 10**18))
+    assert images_stamp([a, b]) != stamp                    # another size

@@ -380,6 +380,10 @@ class PretrainParams:
     # class-less patches with a random class's texture and colours on background pixels, at
     # most this many per image (uniform 0..n)
     distractors: int = 3
+    # the set's own co-occurring context and part focus (data.synthetic's meaning), independent
+    # of the demo data's, as ImageNet's statistics are of VOC's
+    context: float = 0.8
+    part_focus: float = 0.5
     iterations_resnet: int = 600
     iterations_vit: int = 900
     batch_size: int = 16
@@ -392,6 +396,8 @@ class PretrainParams:
         _check(16 <= self.min_size <= self.max_size, where, "need 16 <= min_size <= max_size")
         _check(self.max_objects >= 1, f"{where}.max_objects", "must be >= 1")
         _check(self.distractors >= 0, f"{where}.distractors", "must be >= 0")
+        for key in ("context", "part_focus"):
+            _check(0.0 <= getattr(self, key) <= 1.0, f"{where}.{key}", "must be in [0, 1]")
         for key in ("iterations_resnet", "iterations_vit", "batch_size", "crop", "threads"):
             _check(getattr(self, key) >= 1, f"{where}.{key}", "must be >= 1")
         _check(self.batch_size <= self.num_train, f"{where}.batch_size", "exceeds num_train")

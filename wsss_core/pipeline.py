@@ -37,7 +37,7 @@ from .models.checkpoints import load_trained_weights
 from .paths import RunPaths
 from .presets import effective_train_config
 from .registry import get_method
-from .train import BEST_MODEL, folder_digest, train
+from .train import BEST_MODEL, folder_digest, images_stamp, train
 
 
 def write_report(path: Path, report: dict) -> None:
@@ -221,9 +221,11 @@ def run_training(params: Params, paths: RunPaths) -> dict:
             raise DataError(inputs, "image-level labels not found (run the prepare_data stage)")
     dataset = TrainSet(split, record, params.num_classes, config, params.seed, inputs,
                        strong_view=method.needs_strong_view)
-    # a checkpoint is resumed only by a run of the same configuration on the same labels
+    # a checkpoint is resumed only by a run of the same configuration on the same labels and
+    # images (image-level labels stay the same when the images are redrawn)
     identity = {**config, "method": params.method, "dataset": params.dataset,
-                "labels_digest": folder_digest(inputs) if inputs.is_dir() else file_digest(inputs)}
+                "labels_digest": folder_digest(inputs) if inputs.is_dir() else file_digest(inputs),
+                "images_stamp": images_stamp([split.image_path(i) for i in split.ids])}
     run_config = {"method": params.method, "dataset": params.dataset,
                   "num_classes": params.num_classes, **config}
     with distributed(params.train.device) as ctx:

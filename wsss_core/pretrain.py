@@ -52,8 +52,8 @@ NUM_CLASSES = 21
 
 
 def make_classification_set(params: Params, out: Path = DATA_DIR) -> dict:
-    """Render the classification set (params `pretrain`, appearance of `data.synthetic`)."""
-    cfg = classification_config(params.pretrain, params.data.synthetic)
+    """Render the classification set (params `pretrain`)."""
+    cfg = classification_config(params.pretrain)
     return generate_classification_set(out, cfg, params.pretrain.distractors, params.pretrain.n_jobs)
 
 

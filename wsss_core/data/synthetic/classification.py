@@ -1,9 +1,9 @@
 """The synthetic classification set of the pretraining pipeline (wsss_core.pretrain): the stand-in
 for ImageNet, disjoint from the demo segmentation data.
 
-Images are drawn by the demo generator (`render.render_sample_with_context`) with the demo's
-appearance (`context`, `part_focus`, ...) but all 20 VOC classes, another seed and their own
-size, and only their image-level labels are kept (no mask is written). On top, each image gets
+Images are drawn by the demo generator (`render.render_sample_with_context`) with its class
+looks but all 20 VOC classes, another seed, their own size and their own context / part focus
+(`pretrain.context`, `pretrain.part_focus`), and only their image-level labels are kept (no mask is written). On top, each image gets
 up to `distractors` class-less patches: blobs carrying the texture and colours of a random class
 (`shapes.CLASS_STYLES`, `render._texture`) painted on background pixels only, so a classifier
 cannot name a class from its texture alone, and the image-level labels (taken from the GT
@@ -37,14 +37,15 @@ _RADIUS = (0.07, 0.18)     # × the short image side
 _ALPHA = (0.75, 1.0)       # opacity of a patch over the background
 
 
-def classification_config(pretrain: PretrainParams, appearance: SyntheticData) -> SyntheticData:
-    """The generator configuration of the classification set: the demo's (`appearance`, i.e.
-    data.synthetic, so context / part focus are the same) with the set's own sizes, seed and all
-    20 classes."""
-    return dataclasses.replace(
-        appearance, num_train=pretrain.num_train, num_val=pretrain.num_val, num_test=0,
+def classification_config(pretrain: PretrainParams) -> SyntheticData:
+    """The generator configuration of the classification set: the demo generator's class looks
+    with the set's own sizes, seed, all 20 classes and its own co-occurrence statistics
+    (`pretrain.context`, `pretrain.part_focus`), as ImageNet's are not the target data's."""
+    return SyntheticData(
+        num_train=pretrain.num_train, num_val=pretrain.num_val, num_test=0,
         min_size=pretrain.min_size, max_size=pretrain.max_size,
-        max_objects=pretrain.max_objects, classes=sorted(CLASS_STYLES), seed=pretrain.seed)
+        max_objects=pretrain.max_objects, classes=sorted(CLASS_STYLES), seed=pretrain.seed,
+        context=pretrain.context, part_focus=pretrain.part_focus)
 
 
 def image_id(split: str, index: int) -> str:
