@@ -5,7 +5,7 @@ them to (full-resolution MSC output, the label both experts learn from), plus ho
 the correction rewrote, how many of those it rewrote to the GT class ("right") and how many it
 rewrote away from a label that was right ("broken").
 
-    python benchmarks/cdl_label_quality.py [--method cdl_b] [--noise-dir data/pseudo_labels/synthetic]
+    python benchmarks/cdl_label_quality.py [--method cdl_b] [--labels data/robustness/pseudo_labels/cams]
 
 Run `dvc repro` first (it generates the data and the pseudo labels). Training crops of the
 pseudo labels and of the GT come from two datasets with the same seed, so they are the same crops.

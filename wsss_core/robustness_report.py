@@ -170,8 +170,8 @@ def plot_benchmark(summary: dict, methods: list[str], path: Path) -> None:
     bars.bar(x, means, yerr=stds, capsize=3, color="tab:blue", alpha=0.8, label="test, CRF")
     marked = [(i, v) for i, v in zip(x, labels_miou) if v is not None]
     if marked:
-        bars.scatter([i for i, _ in marked], [v for _, v in marked], marker="_", s=600,
-                     color="k", label="its pseudo labels (train)")
+        bars.scatter([i for i, _ in marked], [v for _, v in marked], marker="_", s=900,
+                     linewidths=3, color="tab:red", zorder=3, label="its pseudo labels (train)")
     bars.set_xticks(x, names, fontsize=7)
     bars.set_ylabel("mIoU (%)")
     bars.set_title("From image-level labels")
