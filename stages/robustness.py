@@ -47,6 +47,7 @@ def main() -> None:
         if args.seed is not None:
             method = args.method or robustness.two_stage_method()
             results = [robustness.run_cell(method, labels, args.seed)]
+            robustness.remove_workspaces(method, labels, [args.seed])
         else:
             results = robustness.run_cells(args.method, labels)
         for r in results:

@@ -170,3 +170,32 @@ def test_tiny_benchmark_end_to_end(tmp_path):
     assert "cdl_b" not in summary["regimes"]["image_labels"]["cams"]
     times = summary["wall_time_s"]
     assert times["cells"] == 8 and 0 < times["run_stages"] <= times["cells_sum"]
+
+
+def test_a_stage_keeps_its_cells_workspaces_until_every_seed_has_finished(tmp_path, monkeypatch):
+    # DVC clears a rerun stage's result files, so a finished cell must still have its final
+    # checkpoint when an interrupted or failed stage runs again: only the stage's end removes it
+    from wsss_core import robustness
+
+    params = load_params()
+    params.benchmark.seeds, params.benchmark.jobs = [0, 1], 1
+    monkeypatch.setattr(robustness, "benchmark_params", lambda overrides=None: params)
+    monkeypatch.chdir(tmp_path)
+    failing = {1}
+
+    def fake_cell(method, labels, seed):
+        workspace = robustness.WORK_DIR / cell_name(method, labels, seed)
+        workspace.mkdir(parents=True, exist_ok=True)
+        (workspace / "checkpoint.pth").write_bytes(b"state")
+        if seed in failing:
+            raise RuntimeError(f"seed {seed} interrupted")
+        return {"seed": seed}
+
+    monkeypatch.setattr(robustness, "run_cell", fake_cell)
+    with pytest.raises(RuntimeError, match="seed 1 interrupted"):
+        robustness.run_cells("baseline", "cams")
+    for seed in (0, 1):
+        assert (tmp_path / robustness.WORK_DIR / f"baseline-cams-seed{seed}/checkpoint.pth").is_file()
+    failing.clear()
+    assert robustness.run_cells("baseline", "cams") == [{"seed": 0}, {"seed": 1}]
+    assert not any((tmp_path / robustness.WORK_DIR).iterdir())

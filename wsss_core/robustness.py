@@ -16,8 +16,9 @@ on one label set with one seed; its label set (`labels`) is one of
 * `run_cell(method, labels, seed)` runs the ordinary pipeline (train → infer → CRF on val and
   test) for one cell: the repository's params with the cell's method, seed (and noise), one
   process with `benchmark.threads` CPU threads, writing into its own folder
-  `data/robustness/work/<cell>/`. Only its scores are kept (`cell_result_path`); an interrupted
-  cell resumes from the checkpoints left in its folder.
+  `data/robustness/work/<cell>/`. Only its scores are kept (`cell_result_path`); the folder goes
+  when the cell's stage has finished, so an interrupted stage resumes its cells from their
+  checkpoints.
 * `run_cells(method, labels)` is one DVC stage: the cells of every benchmark seed,
   `benchmark.jobs` of them side by side in worker processes (small CPU models scale poorly with
   threads, so parallel 1-thread cells finish sooner than 2-thread cells in turn).
@@ -225,8 +226,15 @@ def run_cell(method: str, labels: str | None, seed: int) -> dict:
         if key in val:
             result[key] = val[key]
     write_json(cell_result_path(method, labels, seed), result)
-    shutil.rmtree(WORK_DIR / cell_name(method, labels, seed))
     return result
+
+
+def remove_workspaces(method: str, labels: str | None, seeds: list[int]) -> None:
+    """Drop the cells' workspaces once their stage has finished. Until then a finished cell keeps
+    its last checkpoint, so an interrupted stage (whose result files DVC clears before it reruns)
+    repeats only that cell's inference and CRF, not its training."""
+    for seed in seeds:
+        shutil.rmtree(WORK_DIR / cell_name(method, labels, seed), ignore_errors=True)
 
 
 def two_stage_method(params: Params | None = None) -> str:
@@ -268,9 +276,9 @@ def _run_cell_in_worker(method: str, labels: str | None, seed: int) -> dict:
 
 def run_cells(method: str | None, labels: str | None) -> list[dict]:
     """Every benchmark seed of `method` on `labels` (method None: dupl_cams' two-stage method),
-    `benchmark.jobs` cells at a time. Each cell writes its result when it finishes, so a failing
-    seed does not lose the others' (their workspaces are gone, a rerun repeats them); the first
-    failure is raised once all are done."""
+    `benchmark.jobs` cells at a time. Each cell writes its result when it finishes and keeps its
+    workspace until the whole stage is done, so a rerun after a failure or an interruption resumes
+    every cell from its checkpoints; the first failure is raised once all are done."""
     grid = benchmark_params().benchmark
     if method is None:
         if labels != "dupl_cams":
@@ -281,16 +289,18 @@ def run_cells(method: str | None, labels: str | None) -> list[dict]:
     seeds = list(grid.seeds)
     jobs = min(grid.jobs, len(seeds))
     if jobs == 1:
-        return [run_cell(method, labels, seed) for seed in seeds]
-    results, failures = [], []
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_quiet_worker) as pool:
-        futures = [pool.submit(_run_cell_in_worker, method, labels, seed) for seed in seeds]
-        for future in futures:
-            try:
-                results.append(future.result())
-            except Exception as exc:  # noqa: BLE001 - re-raised below, after the other seeds
-                failures.append(exc)
-    if failures:
-        raise failures[0]
+        results = [run_cell(method, labels, seed) for seed in seeds]
+    else:
+        results, failures = [], []
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_quiet_worker) as pool:
+            futures = [pool.submit(_run_cell_in_worker, method, labels, seed) for seed in seeds]
+            for future in futures:
+                try:
+                    results.append(future.result())
+                except Exception as exc:  # noqa: BLE001 - re-raised below, after the other seeds
+                    failures.append(exc)
+        if failures:
+            raise failures[0]  # every workspace stays: the rerun resumes each cell
+    remove_workspaces(method, labels, seeds)
     return results
