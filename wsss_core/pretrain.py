@@ -40,7 +40,7 @@ from .io import read_image, save_torch, write_json
 from .methods import create_method
 from .models import load_init_weights, read_state_dict, unwrap
 from .registry import get_method
-from .train import train
+from .train import images_stamp, train
 
 DATA_DIR = Path("data/pretrain")
 MODEL_DIR = Path("models/pretrain")
@@ -146,8 +146,10 @@ def pretrain_backbone(params: Params, backbone: str, data: Path = DATA_DIR,
     method = create_method("cam", NUM_CLASSES, config)
     dataset = TrainSet(train_split, get_method("cam"), NUM_CLASSES, config, params.pretrain.seed,
                        labels_file)
-    # a checkpoint is resumed only by the same configuration on the same images
-    identity = {**config, "labels_digest": file_digest(labels_file)}
+    # a checkpoint is resumed only by the same configuration on the same images (the labels
+    # stay the same when pretrain.context or part_focus redraws them)
+    identity = {**config, "labels_digest": file_digest(labels_file),
+                "images_stamp": images_stamp([train_split.image_path(i) for i in train_split.ids])}
     started = time.process_time()
     with distributed(params.train.device) as ctx:
         if ctx.device.type == "cpu":
