@@ -94,14 +94,14 @@ def main() -> None:
             small_gt = resize_labels(gt, logits_1.shape[-2:]).numpy()
         if raw_cm is None:
             raw_cm, fixed_cm = ConfusionMatrix(params.num_classes), ConfusionMatrix(params.num_classes)
-        raw_cm.update(raw.numpy(), small_gt)
-        fixed_cm.update(corrected.numpy(), small_gt)
-        rewritten = (corrected != raw).numpy()
-        truth_now = small_gt
+        raw, corrected = raw.numpy(), corrected.numpy()
+        raw_cm.update(raw, small_gt)
+        fixed_cm.update(corrected, small_gt)
+        rewritten = corrected != raw
         changed += int(rewritten.sum())
-        right += int((rewritten & (corrected.numpy() == truth_now)).sum())
-        broken += int((rewritten & (raw.numpy() == truth_now)).sum())
-        total += raw.numel()
+        right += int((rewritten & (corrected == small_gt)).sum())
+        broken += int((rewritten & (raw == small_gt)).sum())
+        total += raw.size
         if (iteration - start + 1) % args.window == 0 or iteration == iterations:
             print(f"{iteration - args.window + 1:4d}-{iteration:<4d} | {raw_cm.scores()['miou']:.4f} | "
                   f"{fixed_cm.scores()['miou']:.4f} | {changed / total:.1%} | "

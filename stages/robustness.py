@@ -45,7 +45,7 @@ def main() -> None:
     elif args.command == "run":
         labels = label_set(args)
         if args.seed is not None:
-            method = args.method or robustness.two_stage_method()
+            method = robustness.resolve_method(args.method, labels)
             results = [robustness.run_cell(method, labels, args.seed)]
             robustness.remove_workspaces(method, labels, [args.seed])
         else:

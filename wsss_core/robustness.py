@@ -276,18 +276,26 @@ def _run_cell_in_worker(method: str, labels: str | None, seed: int) -> dict:
         get_reusable_executor().shutdown(wait=True)
 
 
+def resolve_method(method: str | None, labels: str | None) -> str:
+    """The method a run command trains: `method`, or for dupl_cams without one the two-stage
+    method (`two_stage_method`)."""
+    if method is not None:
+        return method
+    if labels != "dupl_cams":
+        raise ConfigError("robustness: --method is needed except with --labels dupl_cams")
+    method = two_stage_method()
+    print(f"dupl_cams: training {method} (benchmark.two_stage_method: "
+          f"{benchmark_params().benchmark.two_stage_method})", flush=True)
+    return method
+
+
 def run_cells(method: str | None, labels: str | None) -> list[dict]:
     """Every benchmark seed of `method` on `labels` (method None: dupl_cams' two-stage method),
     `benchmark.jobs` cells at a time. Each cell writes its result when it finishes and keeps its
     workspace until the whole stage is done, so a rerun after a failure or an interruption resumes
     every cell from its checkpoints; the first failure is raised once all are done."""
     grid = benchmark_params().benchmark
-    if method is None:
-        if labels != "dupl_cams":
-            raise ConfigError("robustness: --method is needed except with --labels dupl_cams")
-        method = two_stage_method()
-        print(f"dupl_cams: training {method} (benchmark.two_stage_method: "
-              f"{grid.two_stage_method})", flush=True)
+    method = resolve_method(method, labels)
     seeds = list(grid.seeds)
     jobs = min(grid.jobs, len(seeds))
     if jobs == 1:
