@@ -22,12 +22,12 @@ from wsss_core.config import load_params
 from wsss_core.data.datasets import resolve_split
 from wsss_core.data.train_set import TrainSet
 from wsss_core.methods import create_method
-from wsss_core.methods.baseline import resize_labels
-from wsss_core.methods.cdl import update_labels
+from wsss_core.methods.deeplab.baseline import resize_labels
+from wsss_core.methods.deeplab.cdl import update_labels
+from wsss_core.methods.registry import get_method
 from wsss_core.metrics import ConfusionMatrix
-from wsss_core.paths import RunPaths
-from wsss_core.presets import effective_train_config
-from wsss_core.registry import get_method
+from wsss_core.pipeline.paths import RunPaths
+from wsss_core.pipeline.resolve import effective_train_config
 from wsss_core.schedules import set_lr_factor
 
 

@@ -40,7 +40,7 @@ def _step_ms(method: str, threads: int, steps: int) -> float:
 
     from wsss_core.config import load_params
     from wsss_core.methods import create_method
-    from wsss_core.presets import effective_train_config
+    from wsss_core.pipeline.resolve import effective_train_config
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

@@ -14,10 +14,11 @@ import tempfile
 from pathlib import Path
 
 from wsss_core.config import load_params
-from wsss_core.crf import crf_settings, refine_split
+from wsss_core.crf import refine_split
 from wsss_core.data.datasets import resolve_split
 from wsss_core.io import read_logits, write_logits
-from wsss_core.paths import RunPaths
+from wsss_core.pipeline.paths import RunPaths
+from wsss_core.pipeline.resolve import resolve_run
 
 
 def main() -> None:
@@ -26,7 +27,7 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params()
     split = resolve_split(params, "val")
-    settings = crf_settings(params.crf, params.method)
+    settings = resolve_run(params).crf
     source = RunPaths.defaults(params).logits_dir("val")
     for factor in args.factors:
         with tempfile.TemporaryDirectory() as tmp:

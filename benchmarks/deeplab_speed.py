@@ -16,9 +16,9 @@ import time
 
 import torch
 
-from wsss_core.methods.baseline import BaselineMethod
-from wsss_core.methods.cdl import CdlMethod
-from wsss_core.models import build_model
+from wsss_core.methods import build_model
+from wsss_core.methods.deeplab.baseline import BaselineMethod
+from wsss_core.methods.deeplab.cdl import CdlMethod
 
 DEMO_PRESET = dict(blocks=[1, 1, 1, 1], width=16)
 

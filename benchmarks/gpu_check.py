@@ -38,7 +38,7 @@ def _require_cuda() -> None:
 def _deeplab_step(savers: dict, device: str = "cuda") -> tuple:
     """CDL-b at the voc12_coco_predtrain config (no init file: random weights)."""
     from wsss_core.methods import create_method
-    from wsss_core.presets import DEEPLAB_PRESETS
+    from wsss_core.methods.deeplab.presets import DEEPLAB_PRESETS
 
     config = {**DEEPLAB_PRESETS["voc12_coco_predtrain"], "init_weights": "", "seed": 0}
     config["model"] = {**config["model"], **savers}
@@ -53,7 +53,7 @@ def _deeplab_step(savers: dict, device: str = "cuda") -> tuple:
 def _dupl_step(savers: dict, device: str = "cuda") -> tuple:
     """DuPL at the voc config, late in the run (every loss term and the GMM filter on)."""
     from wsss_core.methods import create_method
-    from wsss_core.presets import DUPL_PRESETS
+    from wsss_core.methods.dupl.presets import DUPL_PRESETS
 
     config = {**DUPL_PRESETS["voc"], "init_weights": "", "seed": 0}
     config["model"] = {**config["model"], **savers}
@@ -131,8 +131,8 @@ def loss_curves(steps: int, device: str = "cuda", batch: int = 8, side: int = 81
     fixed random batch of `batch` images `side` px square, in each precision from the same
     initial weights; `device` "cpu" lets the tests run it without a GPU."""
     from wsss_core.methods import create_method
+    from wsss_core.methods.deeplab.presets import DEEPLAB_PRESETS
     from wsss_core.precision import grad_scaler
-    from wsss_core.presets import DEEPLAB_PRESETS
 
     config = {**DEEPLAB_PRESETS["demo"], "seed": 0, "crop": side}
     method = create_method("baseline", 21, config)

@@ -28,7 +28,7 @@ def _rss_mib() -> float:
 def run_case(case: dict) -> dict:
     import torch
 
-    from wsss_core.models import build_model
+    from wsss_core.methods import build_model
 
     torch.manual_seed(0)
     torch.set_num_threads(case["threads"])

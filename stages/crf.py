@@ -11,8 +11,8 @@ import argparse
 
 from wsss_core.cli import run_stage
 from wsss_core.config import load_params
-from wsss_core.paths import add_path_arguments, paths_from_args
-from wsss_core.pipeline import run_crf_splits
+from wsss_core.pipeline.crf import run_crf_splits
+from wsss_core.pipeline.paths import add_path_arguments, paths_from_args
 
 
 def main() -> None:

@@ -10,10 +10,11 @@ from pathlib import Path
 
 from wsss_core.cli import run_stage
 from wsss_core.config import load_params
-from wsss_core.crf import crf_settings, export_voc_test
+from wsss_core.crf import export_voc_test
 from wsss_core.data.datasets import resolve_split
 from wsss_core.errors import ConfigError
-from wsss_core.paths import add_path_arguments, paths_from_args
+from wsss_core.pipeline.paths import add_path_arguments, paths_from_args
+from wsss_core.pipeline.resolve import resolve_run
 
 
 def main() -> None:
@@ -28,7 +29,7 @@ def main() -> None:
         raise ConfigError(f"params.yaml: dataset: export_voc_test needs 'voc12', got "
                           f"'{params.dataset}'")
     split = resolve_split(params, "test")
-    settings = None if args.no_crf else crf_settings(params.crf, params.method)
+    settings = None if args.no_crf else resolve_run(params).crf
     out_root = Path(args.out)
     archive = out_root / "results" / f"voc2012_test_{params.method}.tar.gz"
     png_dir, result = export_voc_test(split, paths.logits_dir("test"), out_root, archive,

@@ -57,7 +57,7 @@ def copy_repo(dest: Path) -> Path:
     """The code, config and committed init weights of this repository (no data, no venv) in
     `dest`."""
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("wsss_core", "stages", "robustness"):
+    for name in ("wsss_core", "stages", "robustness", "pretrain"):
         shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("params.yaml", "dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy2(REPO / name, dest / name)

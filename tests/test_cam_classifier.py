@@ -14,17 +14,16 @@ from wsss_core.data.train_set import TrainSet
 from wsss_core.data.transforms import to_bgr_mean_subtracted, to_imagenet_normalized
 from wsss_core.distributed import Context
 from wsss_core.errors import ConfigError
-from wsss_core.methods import create_method
+from wsss_core.methods import build_model, create_method
 from wsss_core.methods.cam_classifier import (
     CAM_PRESETS,
     CamOptions,
     cam_predictors,
     cam_scores,
-    mean_average_precision,
 )
-from wsss_core.models import build_model, load_init_weights
+from wsss_core.methods.registry import get_method
+from wsss_core.models import load_init_weights
 from wsss_core.models.classifier import ImagenetInput
-from wsss_core.registry import get_method
 from wsss_core.train import train
 
 TINY_RESNET = {"blocks": [1, 1, 1, 1], "width": 8}
@@ -112,13 +111,6 @@ def test_predictor_background_threshold_and_presence_from_the_classifier():
     assert torch.all(nothing.argmax(1) == 0)
 
 
-def test_mean_average_precision_by_hand():
-    scores = np.array([[0.9, 0.1], [0.8, 0.7], [0.3, 0.6]])
-    targets = np.array([[1, 0], [0, 1], [1, 0]])
-    # class 0 ranked 0.9 (hit), 0.8, 0.3 (hit): AP (1 + 2/3) / 2; class 1: 0.7 hit first: 1
-    assert mean_average_precision(scores, targets) == pytest.approx(((1 + 2 / 3) / 2 + 1) / 2)
-
-
 def test_backbone_weights_are_the_deeplab_ones_both_ways():
     cam = build_model("cam", 21, backbone="resnet", **TINY_RESNET)
     deeplab = build_model("baseline", 21, **TINY_RESNET, msc_scales=[0.5], test_scales=[0.5])
@@ -170,8 +162,10 @@ def test_cam_only_baseline_through_train_infer_and_crf(tmp_path):
     import dataclasses
 
     from wsss_core.config import params_from_dict
-    from wsss_core.paths import RunPaths
-    from wsss_core.pipeline import run_crf, run_inference, run_training
+    from wsss_core.pipeline.crf import run_crf
+    from wsss_core.pipeline.infer import run_inference
+    from wsss_core.pipeline.paths import RunPaths
+    from wsss_core.pipeline.train import run_training
 
     # the synthetic dataset's layout: the prepare stage's folder holds VOC2012/ and cls_labels.json
     gts = make_voc_dataset(tmp_path / "prep" / "VOC2012",

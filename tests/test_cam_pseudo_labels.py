@@ -19,12 +19,11 @@ from torch import nn
 from tests.conftest import make_voc_dataset
 from wsss_core.cam.cams import multi_scale_cams
 from wsss_core.cam.extract import split_class_labels, write_split_cams
-from wsss_core.cam.refine import refine_slots, slots_to_classes
+from wsss_core.cam.refine import refine_cam_labels, refine_slots, slots_to_classes
 from wsss_core.cam.store import load_cams, save_cams, stored_grid, write_manifest
 from wsss_core.config import params_from_dict
 from wsss_core.data.classes import write_class_labels
 from wsss_core.data.datasets import voc_layout_split
-from wsss_core.data.pseudo_labels import refine_cam_labels
 from wsss_core.errors import DataError
 from wsss_core.evaluate import score_folder
 from wsss_core.io import IGNORE_INDEX, read_image, voc_palette
@@ -57,9 +56,8 @@ def _two_halves(size: int = 8) -> torch.Tensor:
 
 @pytest.fixture
 def one_thread(monkeypatch):
-    """One CPU thread (the budget distributed() gives the stages): no stall of spinning threads
+    """One CPU thread (the stages below are given threads=1 too): no stall of spinning threads
     on a loaded machine."""
-    monkeypatch.setenv("WSSS_CPU_THREADS", "1")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -246,7 +244,7 @@ def test_dupl_cams_come_from_student_1(tmp_path, voc_root, one_thread):
     """The DuPL record's CAM hook: student 1 of the model, whose CAMs the cams stage stores."""
     from tests.tiny_training import CONFIGS
     from wsss_core.methods import create_method
-    from wsss_core.registry import get_method
+    from wsss_core.methods.registry import get_method
 
     record = get_method("dupl")
     model = create_method("dupl", 21, CONFIGS["dupl"]).build_model().eval()
@@ -275,8 +273,9 @@ def _stored_and_back(cams: torch.Tensor, stride: int) -> np.ndarray:
 def test_cam_stages_are_manifests_for_other_sources(tmp_path):
     """source simulate: both CAM stages only write a manifest saying they are unused; a model
     and the metrics of an earlier cams run are removed (its checkpoints stay for a resume)."""
-    from wsss_core.paths import RunPaths
-    from wsss_core.pipeline import compute_cams, train_cam_classifier
+    from wsss_core.pipeline.cam_classifier import train_cam_classifier
+    from wsss_core.pipeline.cams import compute_cams
+    from wsss_core.pipeline.paths import RunPaths
 
     params = params_from_dict({})
     paths = RunPaths.defaults(params, tmp_path)
@@ -294,8 +293,8 @@ def test_cam_stages_are_manifests_for_other_sources(tmp_path):
 def test_refine_from_cams_made_for_another_source_is_an_error(tmp_path, capsys):
     """One line `error: <file>: <problem>`, exit 2, no labels published."""
     from wsss_core.cli import run_stage
-    from wsss_core.paths import RunPaths
-    from wsss_core.pipeline import publish_pseudo_labels
+    from wsss_core.pipeline.paths import RunPaths
+    from wsss_core.pipeline.pseudo_labels import publish_pseudo_labels
 
     params = params_from_dict({"pseudo_labels": {"source": "cams"}})
     paths = RunPaths.defaults(params, tmp_path)
@@ -320,14 +319,12 @@ def test_source_cams_on_a_tiny_synthetic_dataset(tmp_path, one_thread):
     (3 iterations, 4 images): every train image gets stored CAMs of its classes and a label that the
     evaluate_pseudo_labels scoring accepts; a classifier of another class count is refused."""
     from wsss_core.io import read_json
-    from wsss_core.paths import RunPaths
-    from wsss_core.pipeline import (
-        compute_cams,
-        prepare_data,
-        publish_pseudo_labels,
-        score_pseudo_labels,
-        train_cam_classifier,
-    )
+    from wsss_core.pipeline.cam_classifier import train_cam_classifier
+    from wsss_core.pipeline.cams import compute_cams
+    from wsss_core.pipeline.evaluate import score_pseudo_labels
+    from wsss_core.pipeline.paths import RunPaths
+    from wsss_core.pipeline.prepare import prepare_data
+    from wsss_core.pipeline.pseudo_labels import publish_pseudo_labels
 
     params = params_from_dict({
         "data": {"synthetic": {"num_train": 4, "num_val": 2, "min_size": 32, "max_size": 40}},
@@ -339,10 +336,10 @@ def test_source_cams_on_a_tiny_synthetic_dataset(tmp_path, one_thread):
             "refine": {"method": "par", "low": 0.3, "high": 0.6}}})
     paths = RunPaths.defaults(params, tmp_path)
     prepare_data(params, paths)
-    summary = train_cam_classifier(params, paths)
+    summary = train_cam_classifier(params, paths, threads=1)
     assert summary["iterations"] == 3 and (paths.classifier / "model.pth").is_file()
     assert (paths.classifier / "checkpoints/checkpoint_3.pth").is_file()
-    manifest = compute_cams(params, paths)
+    manifest = compute_cams(params, paths, threads=1)
     assert manifest["images"] == 4 and manifest["method"] == "cam"
     labels = read_json(paths.class_labels)
     for npz in sorted(paths.cams.glob("*.npz")):

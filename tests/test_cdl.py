@@ -12,7 +12,8 @@ import torch
 from tests.conftest import fixtures_dir
 from wsss_core.data.transforms import cdl_strong_view
 from wsss_core.errors import WsssError
-from wsss_core.methods.baseline import (
+from wsss_core.methods import build_model
+from wsss_core.methods.deeplab.baseline import (
     BaselineConfig,
     BaselineMethod,
     balanced_cross_entropy,
@@ -20,8 +21,7 @@ from wsss_core.methods.baseline import (
     imagenet_ramp,
     resize_labels,
 )
-from wsss_core.methods.cdl import CdlConfig, CdlMethod, affinity_loss, dice_loss, update_labels
-from wsss_core.models import build_model
+from wsss_core.methods.deeplab.cdl import CdlConfig, CdlMethod, affinity_loss, dice_loss, update_labels
 from wsss_core.models.deeplab_v2 import MscOutputs, affinity_cosine, affinity_dot
 from wsss_core.schedules import set_lr_factor, stepped_poly_factor
 

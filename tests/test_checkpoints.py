@@ -20,11 +20,12 @@ from conftest import make_voc_dataset
 from wsss_core.config import params_from_dict
 from wsss_core.errors import DataError
 from wsss_core.infer import MODEL_STAMP, file_digest
-from wsss_core.models import build_model
+from wsss_core.methods import build_model
+from wsss_core.methods.deeplab.presets import DEEPLAB_PRESETS
+from wsss_core.methods.dupl.presets import DUPL_PRESETS
 from wsss_core.models.checkpoints import detect_layout, load_trained_weights
-from wsss_core.paths import RunPaths
-from wsss_core.pipeline import run_inference
-from wsss_core.presets import DEEPLAB_PRESETS, DUPL_PRESETS
+from wsss_core.pipeline.infer import run_inference
+from wsss_core.pipeline.paths import RunPaths
 
 K = 21  # VOC classes
 TINY_DEEPLAB = {"blocks": [1, 1, 1, 1], "width": 8, "msc_scales": [0.5], "test_scales": [0.5],

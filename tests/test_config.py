@@ -1,3 +1,5 @@
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -6,6 +8,7 @@ import yaml
 from tests.conftest import REPO
 from wsss_core.config import load_params, params_from_dict
 from wsss_core.errors import ConfigError
+from wsss_core.pipeline.resolve import resolve_run
 
 
 def test_repo_params_load_with_defaults():
@@ -24,7 +27,6 @@ def test_params_file_uses_block_lists():
 @pytest.mark.parametrize(
     "raw, message",
     [
-        ({"method": "cdl_x"}, "method: unknown method 'cdl_x' (allowed: baseline, cam, cdl_b, cdl_e, dupl)"),
         ({"dataset": "ade20k"}, "dataset: expected one of 'synthetic', 'voc12', 'coco14'"),
         ({"data": {"nosie": 0.3}}, "unknown key 'data.nosie' (allowed: synthetic, noise,"),
         ({"learning_rate": 1}, "unknown key 'learning_rate' (allowed: method, dataset,"),
@@ -40,6 +42,22 @@ def test_invalid_params_are_one_line_errors(raw, message):
         params_from_dict(raw)
     text = str(info.value)
     assert message in text and "\n" not in text
+
+
+def test_an_unknown_method_fails_when_a_stage_resolves_its_run():
+    params = params_from_dict({"method": "cdl_x"})   # the loader does not import the methods
+    with pytest.raises(ConfigError) as info:
+        resolve_run(params)
+    assert str(info.value) == ("params.yaml: method: unknown method 'cdl_x' (allowed: baseline, "
+                               "cam, cdl_b, cdl_e, dupl)")
+
+
+def test_loading_params_imports_neither_torch_nor_a_method():
+    code = ("import sys; from wsss_core.config import load_params; load_params('params.yaml'); "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('wsss_core.methods')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_ints_are_accepted_for_floats_and_overrides_apply(tmp_path: Path):
@@ -83,7 +101,7 @@ def test_missing_and_malformed_params_file(tmp_path):
 
 def test_method_options_reach_the_method_and_are_checked():
     from wsss_core.methods import create_method
-    from wsss_core.presets import effective_train_config
+    from wsss_core.pipeline.resolve import effective_train_config
 
     params = params_from_dict({"method": "cdl_e", "train": {"method_options": {"train_affinity_head": True}}})
     method = create_method("cdl_e", 21, effective_train_config(params))
@@ -108,7 +126,7 @@ def test_method_options_reach_the_method_and_are_checked():
 ])
 def test_method_options_are_typed_one_line_errors_before_any_data(method, options, message):
     """A wrong type fails in the configuration step (no data is read), naming the real key."""
-    from wsss_core.presets import effective_train_config
+    from wsss_core.pipeline.resolve import effective_train_config
 
     params = params_from_dict({"method": method, "train": {"method_options": options}})
     with pytest.raises(ConfigError) as info:
@@ -117,7 +135,7 @@ def test_method_options_are_typed_one_line_errors_before_any_data(method, option
 
 
 def test_unknown_preset_names_the_allowed_ones():
-    from wsss_core.presets import effective_train_config
+    from wsss_core.pipeline.resolve import effective_train_config
 
     with pytest.raises(ConfigError, match="'voc' is not a preset of method 'cdl_b' .*voc12_coco_predtrain"):
         effective_train_config(params_from_dict({"method": "cdl_b", "train": {"preset": "voc"}}))
@@ -125,7 +143,7 @@ def test_unknown_preset_names_the_allowed_ones():
 
 def test_demo_preset_adapts_cdl_and_train_values_still_win():
     from wsss_core.methods import create_method
-    from wsss_core.presets import effective_train_config
+    from wsss_core.pipeline.resolve import effective_train_config
 
     baseline = effective_train_config(params_from_dict({"method": "baseline"}))
     cdl = effective_train_config(params_from_dict({"method": "cdl_b"}))
@@ -145,7 +163,7 @@ def test_demo_preset_adapts_cdl_and_train_values_still_win():
 
 def test_deeplab_demo_lr_warms_up_linearly_then_decays():
     from wsss_core.methods import create_method
-    from wsss_core.presets import effective_train_config
+    from wsss_core.pipeline.resolve import effective_train_config
 
     method = create_method("baseline", 21, effective_train_config(params_from_dict({})))
     assert method.lr_factor(6) == pytest.approx(0.2)           # 6/30, poly still at k = 0

@@ -6,15 +6,13 @@ from scipy import ndimage
 from wsss_core.config import SyntheticData, params_from_dict
 from wsss_core.data.classes import read_class_labels
 from wsss_core.data.datasets import resolve_split, voc_layout_split
-from wsss_core.data.prepare import prepare_dataset
-from wsss_core.data.synthetic import CLASS_STYLES, render_sample, render_sample_with_context
-from wsss_core.data.synthetic.context import (
-    context_statistics,
-    generator_context_statistics,
-)
-from wsss_core.data.synthetic.context_styles import AREA_RATIO, CONTEXT_STYLES
 from wsss_core.errors import ConfigError
 from wsss_core.io import read_id_list, read_label, write_label
+from wsss_core.pipeline.prepare import prepare_dataset
+from wsss_core.synthetic import CLASS_STYLES, render_sample, render_sample_with_context
+from wsss_core.synthetic.context import context_statistics
+from wsss_core.synthetic.context_styles import AREA_RATIO, CONTEXT_STYLES
+from wsss_core.synthetic.render import generator_context_statistics
 
 ALL = SyntheticData(classes=list(range(1, 21)), min_size=48, max_size=64, seed=2)
 WITH_CONTEXT = SyntheticData(**{**ALL.__dict__, "context": 1.0})
@@ -138,8 +136,8 @@ def test_context_statistics_on_hand_made_maps(tmp_path):
 def test_pseudo_label_scores_report_the_context_headline(tmp_path):
     import json
 
-    from wsss_core.paths import RunPaths
-    from wsss_core.pipeline import score_pseudo_labels
+    from wsss_core.pipeline.evaluate import score_pseudo_labels
+    from wsss_core.pipeline.paths import RunPaths
 
     params = params_from_dict({"data": {"synthetic": {
         "num_train": 3, "num_val": 1, "num_test": 0, "min_size": 40, "max_size": 48,

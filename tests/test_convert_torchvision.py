@@ -15,7 +15,8 @@ from torch import nn
 from torchvision.models import resnet50, resnet101
 
 from wsss_core.errors import DataError
-from wsss_core.models import build_model, load_init_weights
+from wsss_core.methods import build_model
+from wsss_core.models import load_init_weights
 from wsss_core.models.convert_torchvision import convert_state_dict, main
 from wsss_core.models.resnet import dilated_resnet_layers
 

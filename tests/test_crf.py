@@ -27,6 +27,7 @@ from wsss_core.data.datasets import voc_layout_split
 from wsss_core.errors import ConfigError, DataError
 from wsss_core.evaluate import upsample_bilinear
 from wsss_core.io import read_image, read_label, voc_palette, write_logits
+from wsss_core.methods import get_method
 from wsss_core.metrics import ConfusionMatrix
 
 pytest.importorskip("pydensecrf")
@@ -92,11 +93,14 @@ def test_dense_crf_equals_direct_pydensecrf_call(preset):
 def test_presets_follow_method_and_overrides():
     assert CRF_PRESETS["deeplab"] == CrfSettings(10, 3, 1, 4, 67, 3)
     assert CRF_PRESETS["dupl"] == CrfSettings(10, 1, 1, 4, 121, 5)
+    def own(method):  # the kernel `crf.preset: auto` takes: the method record's
+        return get_method(method).crf_preset
+
     for method in ("baseline", "cdl_b", "cdl_e"):
-        assert crf_settings(CrfParams(), method) == CRF_PRESETS["deeplab"]
-    assert crf_settings(CrfParams(), "dupl") == CRF_PRESETS["dupl"]
-    assert crf_settings(CrfParams(preset="dupl"), "cdl_b") == CRF_PRESETS["dupl"]
-    custom = crf_settings(CrfParams(bi_rgb_std=13.0, iter_max=5), "cdl_e")
+        assert crf_settings(CrfParams(), own(method)) == CRF_PRESETS["deeplab"]
+    assert crf_settings(CrfParams(), own("dupl")) == CRF_PRESETS["dupl"]
+    assert crf_settings(CrfParams(preset="dupl"), own("cdl_b")) == CRF_PRESETS["dupl"]
+    custom = crf_settings(CrfParams(bi_rgb_std=13.0, iter_max=5), own("cdl_e"))
     assert custom == CrfSettings(5, 3, 1, 4, 67, 13.0)
 
 

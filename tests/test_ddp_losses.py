@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import Dataset, DistributedSampler
 
 from wsss_core.distributed import Context
-from wsss_core.methods.deeplab_family import DeepLabFamily
+from wsss_core.methods.deeplab.family import DeepLabFamily
 from wsss_core.schedules import set_lr_factor
 from wsss_core.train import train
 

@@ -11,10 +11,11 @@ from torch import nn
 
 from tests.conftest import fixtures_dir
 from wsss_core.errors import ConfigError, DataError, WsssError
-from wsss_core.models import build_model, freeze_batchnorm, load_init_weights
+from wsss_core.methods import build_model
+from wsss_core.methods.registry import method_names
+from wsss_core.models import freeze_batchnorm, load_init_weights
 from wsss_core.models.deeplab_v2 import MSC, MscOutputs, ScaleOutputs
 from wsss_core.models.resnet import feature_size
-from wsss_core.registry import method_names
 
 FIXTURES = Path(os.environ.get("WSSS_CDL_FIXTURES", fixtures_dir("cdl")))
 TINY = dict(blocks=[1, 1, 1, 1], width=8)

@@ -53,7 +53,7 @@ def prepared(tmp_path_factory) -> Path:
 
     from wsss_core.config import load_params
     from wsss_core.methods import create_method
-    from wsss_core.presets import effective_train_config
+    from wsss_core.pipeline.resolve import effective_train_config
 
     loaded = load_params(repo / "params.yaml")
     config = {**effective_train_config(loaded), "init_weights": ""}
@@ -274,7 +274,7 @@ def test_outputs_get_the_modes_the_umask_allows(tmp_path):
 # --------------------------------------------------------------------------- init weights
 def _tiny_deeplab_method(init_weights: Path, **overrides):
     from wsss_core.methods import create_method
-    from wsss_core.presets import DEEPLAB_PRESETS
+    from wsss_core.methods.deeplab.presets import DEEPLAB_PRESETS
 
     config = {**DEEPLAB_PRESETS["demo"], "init_weights": str(init_weights), "seed": 0, **overrides}
     config["model"] = {**config["model"], "blocks": [1, 1, 1, 1], "width": 8}
@@ -282,7 +282,7 @@ def _tiny_deeplab_method(init_weights: Path, **overrides):
 
 
 def test_init_weights_matching_too_few_keys_are_an_error(tmp_path):
-    from wsss_core.models import build_model
+    from wsss_core.methods import build_model
 
     method = _tiny_deeplab_method(tmp_path / "init.pth")  # the demo preset's share: one half
 

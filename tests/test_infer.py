@@ -8,8 +8,8 @@ from wsss_core.data.datasets import voc_layout_split
 from wsss_core.distributed import Context
 from wsss_core.infer import MODEL_STAMP, infer_logits, prepare_output, valid_logits
 from wsss_core.methods import create_method
-from wsss_core.presets import DEEPLAB_PRESETS
-from wsss_core.registry import get_method
+from wsss_core.methods.deeplab.presets import DEEPLAB_PRESETS
+from wsss_core.methods.registry import get_method
 
 RECORD = get_method("cdl_b")
 CPU = Context(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))

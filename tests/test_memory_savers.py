@@ -8,8 +8,8 @@ import torch
 
 from wsss_core.config import params_from_dict
 from wsss_core.errors import ConfigError
-from wsss_core.models import build_model
-from wsss_core.presets import effective_train_config
+from wsss_core.methods import build_model
+from wsss_core.pipeline.resolve import effective_train_config
 
 TINY_DEEPLAB = {"blocks": [1, 1, 1, 1], "width": 8, "msc_scales": [0.5]}
 TINY_VIT = {"backbone": "deit_tiny_patch16_224", "patch_size": 8, "depth": 2, "embed_dim": 32,

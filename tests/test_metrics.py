@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from wsss_core.metrics import ConfusionMatrix, per_class_csv, scores_report
+from wsss_core.metrics import ConfusionMatrix, mean_average_precision, per_class_csv, scores_report
 
 
 def test_scores_hand_computed():
@@ -83,3 +83,10 @@ def test_confusion_plot_rows_give_each_present_class_its_rates():
     cm = ConfusionMatrix(3)
     cm.update(np.array([0, 1, 2]), np.array([0, 0, 0]))
     assert len(confusion_plot_rows(cm, ("bg", "a", "b"), rows_per_class=4)) == 4
+
+
+def test_mean_average_precision_by_hand():
+    scores = np.array([[0.9, 0.1], [0.8, 0.7], [0.3, 0.6]])
+    targets = np.array([[1, 0], [0, 1], [1, 0]])
+    # class 0 ranked 0.9 (hit), 0.8, 0.3 (hit): AP (1 + 2/3) / 2; class 1: 0.7 hit first: 1
+    assert mean_average_precision(scores, targets) == pytest.approx(((1 + 2 / 3) / 2 + 1) / 2)

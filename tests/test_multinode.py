@@ -38,7 +38,7 @@ def launch(copy: Path, script: str, nodes: int) -> None:
     stages import the copy's wsss_core (with the fixture's patched presets), not the editable
     install's."""
     endpoint = f"localhost:{_free_port()}"
-    env = {**os.environ, "WSSS_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1", "WSSS_CPU_THREADS": "1",
+    env = {**os.environ, "WSSS_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(copy)}
     launches = [subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}", "--nproc-per-node=1",

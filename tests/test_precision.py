@@ -22,12 +22,12 @@ from tests.tiny_training import CONFIGS, NUM_CLASSES, ToyMethod, ToySet, make_da
 from wsss_core.data.datasets import voc_layout_split
 from wsss_core.data.train_set import TrainSet
 from wsss_core.distributed import Context
-from wsss_core.methods import cdl as cdl_module
 from wsss_core.methods import create_method
+from wsss_core.methods.deeplab import cdl as cdl_module
 from wsss_core.methods.dupl import method as dupl_method
 from wsss_core.methods.dupl.noise_filter import filter_noisy_labels
+from wsss_core.methods.registry import get_method
 from wsss_core.precision import autocast
-from wsss_core.registry import get_method
 from wsss_core.train import train
 
 CPU = Context(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
@@ -131,7 +131,7 @@ def test_losses_and_statistics_get_float32_with_autocast_off(method, precision, 
         names = ("segmentation_loss", "update_labels", "dice_loss", "affinity_loss")
         module = cdl_module
         if method == "baseline":
-            from wsss_core.methods import baseline as module
+            from wsss_core.methods.deeplab import baseline as module
             names = ("segmentation_loss",)
     for name in names:
         monkeypatch.setattr(module, name, _recording(calls, name, getattr(module, name)))

@@ -14,9 +14,17 @@ from torch import nn
 from tests.conftest import make_voc_dataset
 from wsss_core.config import params_from_dict
 from wsss_core.errors import ConfigError
-from wsss_core.paths import RunPaths
-from wsss_core.pipeline import run_crf, run_inference, run_training
-from wsss_core.registry import MethodRecord, get_method, method_names, register_method, unregister_method
+from wsss_core.methods.registry import (
+    MethodRecord,
+    get_method,
+    method_names,
+    register_method,
+    unregister_method,
+)
+from wsss_core.pipeline.crf import run_crf
+from wsss_core.pipeline.infer import run_inference
+from wsss_core.pipeline.paths import RunPaths
+from wsss_core.pipeline.train import run_training
 
 
 class PixelClassifier(nn.Module):
@@ -131,7 +139,7 @@ def test_registry_lists_methods_and_names_the_key_of_an_unknown_one(pixel_method
         get_method("pxl", "benchmark.x[0]")
     bad = params_from_dict({"method": "pixel", "train": {"preset": "tiny",
                                                          "method_options": {"label_smoothing": "x"}}})
-    from wsss_core.presets import effective_train_config
+    from wsss_core.pipeline.resolve import effective_train_config
 
     with pytest.raises(ConfigError, match="^params.yaml: train.method_options.label_smoothing: "
                                           "expected a number, got 'x'$"):

@@ -18,7 +18,7 @@ from wsss_core.io import save_torch
 from wsss_core.train import _batches, truncate_curves
 
 # one thread per run: the same thread count gives the same floating-point sums
-ENV = {**os.environ, "WSSS_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1", "WSSS_CPU_THREADS": "1"}
+ENV = {**os.environ, "WSSS_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
 
 
 def start(out: Path, method: str, *options: str, nproc: int | None = None) -> subprocess.Popen:

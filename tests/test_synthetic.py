@@ -8,7 +8,10 @@ from PIL import Image
 from scipy import ndimage
 
 from wsss_core.config import NoiseTypes, SyntheticData
-from wsss_core.data.synthetic import (
+from wsss_core.errors import DataError, WsssError
+from wsss_core.io import read_id_list, read_image, read_label, write_label
+from wsss_core.metrics import ConfusionMatrix
+from wsss_core.synthetic import (
     SIMILAR_CLASSES,
     add_void_border,
     corrupt_label,
@@ -16,9 +19,6 @@ from wsss_core.data.synthetic import (
     render_sample,
     write_noisy_pseudo_labels,
 )
-from wsss_core.errors import DataError, WsssError
-from wsss_core.io import read_id_list, read_image, read_label, write_label
-from wsss_core.metrics import ConfusionMatrix
 
 TINY = SyntheticData(num_train=6, num_val=3, min_size=40, max_size=56, max_objects=3,
                      classes=[3, 8, 12], seed=3, num_test=2)

@@ -16,9 +16,10 @@ from tests.tiny_training import ToyMethod, ToySet, toy_config
 from wsss_core.config import params_from_dict
 from wsss_core.distributed import Context
 from wsss_core.infer import MODEL_STAMP, file_digest
-from wsss_core.paths import RunPaths
-from wsss_core.pipeline import run_inference, run_training
-from wsss_core.presets import DEEPLAB_PRESETS
+from wsss_core.methods.deeplab.presets import DEEPLAB_PRESETS
+from wsss_core.pipeline.infer import run_inference
+from wsss_core.pipeline.paths import RunPaths
+from wsss_core.pipeline.train import run_training
 from wsss_core.train import BEST_MODEL, LAST_MODEL, monitor_system, open_live, train
 
 CPU = Context(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
@@ -134,7 +135,6 @@ def test_pipeline_validation_scores_like_inference_and_infer_loads_the_best(tmp_
                                                                             monkeypatch):
     """The val/miou of the best iteration (inference scales) is the infer stage's score of
     model_best.pth (`infer.checkpoint: best`): one inference and one metric code."""
-    monkeypatch.setenv("WSSS_CPU_THREADS", "1")   # the stages' thread budget
     tiny = copy.deepcopy(DEEPLAB_PRESETS["demo"])
     tiny.update(iterations=4, batch_size=2, crop=24, checkpoint_every=2, log_every=1,
                 warmup_iter=1, init_weights="", model={"blocks": [1, 1, 1, 1], "width": 8, "msc_scales": [0.5],
@@ -154,13 +154,13 @@ def test_pipeline_validation_scores_like_inference_and_infer_loads_the_best(tmp_
     paths.prepared.mkdir()
     shutil.copytree(root / "SegmentationClassAug", paths.pseudo_labels)
 
-    summary = run_training(params, paths)
+    summary = run_training(params, paths, threads=1)
 
     val = curve(paths.live_dir)
     assert [step for step, _ in val] == [2, 4]
     best = summary["best_val"]
     assert best["miou"] == max(score for _, score in val)
-    report = run_inference(params, paths)
+    report = run_inference(params, paths, threads=1)
     best_file = paths.model_dir / BEST_MODEL
     assert (paths.logits_dir("val") / MODEL_STAMP).read_text().strip() == file_digest(best_file)
     assert report["miou"] == pytest.approx(best["miou"], abs=1e-12)
@@ -193,7 +193,7 @@ def test_validation_is_sharded_over_the_ranks(tmp_path):
     from wsss_core.data.datasets import voc_layout_split
     from wsss_core.infer import score_split
     from wsss_core.methods import create_method
-    from wsss_core.registry import get_method
+    from wsss_core.methods.registry import get_method
 
     make_voc_dataset(tmp_path, {"val": ["v1", "v2", "v3"]}, size=(20, 24))
     split = voc_layout_split(tmp_path, "val")

@@ -9,10 +9,10 @@ from timm.layers import resample_abs_pos_embed
 
 from wsss_core.cli import run_stage
 from wsss_core.errors import DataError, WsssError
+from wsss_core.methods import build_model
 from wsss_core.methods.dupl import DuplMethod
-from wsss_core.models import build_model
+from wsss_core.methods.dupl.presets import DUPL_PRESETS
 from wsss_core.models.vit_seg import create_vit, load_vit_weights
-from wsss_core.presets import DUPL_PRESETS
 
 BACKBONE = "deit_tiny_patch16_224"
 DEPTH = 2

@@ -142,7 +142,7 @@ def main() -> None:
     from wsss_core.data.train_set import TrainSet
     from wsss_core.distributed import distributed
     from wsss_core.methods import create_method
-    from wsss_core.registry import get_method
+    from wsss_core.methods.registry import get_method
     from wsss_core.train import train
 
     if args.method == "toy":

@@ -13,10 +13,13 @@ from typing import Literal
 
 import yaml
 
-from .config_types import PARAMS_FILE, _build, _check, convert_fields
+from .config_types import PARAMS_FILE, _build, _check
 from .errors import ConfigError
 
 DatasetName = Literal["synthetic", "voc12", "coco14"]
+# classes of each dataset with background (the names are in wsss_core.data.classes)
+NUM_CLASSES = {"synthetic": 21, "voc12": 21, "coco14": 81}
+VOC_NUM_CLASSES = NUM_CLASSES["voc12"]
 
 
 # --------------------------------------------------------------------------- groups
@@ -190,12 +193,9 @@ class PseudoLabelParams:
 
     @property
     def from_cams(self) -> bool:
-        """The labels are refined CAMs of a classifier trained in the pipeline."""
-        return self.source in ("cams", "dupl")
-
-    @property
-    def classifier_method(self) -> str:
-        return "dupl" if self.source == "dupl" else "cam"
+        """The labels are refined CAMs of a classifier trained in the pipeline (the method whose
+        registry record names this source as its `cam_source`)."""
+        return self.source not in ("simulate", "files")
 
     def validate(self, where: str) -> None:
         _check(bool(self.name) and "/" not in self.name and self.name not in (".", ".."),
@@ -241,7 +241,8 @@ class CrfParams:
 
 @dataclass
 class TrainParams:
-    """Training: a named preset (wsss_core.presets) plus overrides of its values."""
+    """Training: a named preset of the method (beside its record in wsss_core.methods) plus
+    overrides of its values."""
 
     # demo | voc12_coco_predtrain | voc12_imageNet_predtrain | coco (DeepLab/CDL); demo | voc | coco (DuPL)
     preset: str = "demo"
@@ -313,100 +314,8 @@ class InferParams:
 
 
 @dataclass
-class BenchmarkParams:
-    """The benchmark (robustness/dvc.yaml) on the synthetic data, reported on its test split.
-    Image-level regime: CAM pseudo labels (pseudo_labels.cam / refine) → each pseudo-label
-    method; each image-label method (DuPL) single-stage; DuPL's CAM pseudo labels → the
-    `two_stage_method`. Controlled regime: each pseudo-label method at every simulated noise
-    level. Every cell once per seed."""
-
-    pseudo_label_methods: list[str] = field(default_factory=lambda: ["baseline", "cdl_b", "cdl_e"])
-    image_label_methods: list[str] = field(default_factory=lambda: ["dupl"])
-    noise_levels: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    # cells trained at once within one stage (its seeds)
-    jobs: int = 3
-    # CPU threads of each cell: fixed by the benchmark, not by the machine, because float sums
-    # depend on the thread count (a rerun elsewhere with the same value gives the same numbers)
-    threads: int = 1
-    # CPU threads of the stages that make the CAM pseudo-label sets (one at a time)
-    source_threads: int = 2
-    # the method trained on DuPL's CAM pseudo labels: one of pseudo_label_methods, or best (the
-    # best mean val mIoU with CRF on the CAM pseudo labels; chosen on val, reported on test)
-    two_stage_method: str = "best"
-
-    @property
-    def methods(self) -> list[str]:
-        return [*self.pseudo_label_methods, *self.image_label_methods]
-
-    def validate(self, where: str) -> None:
-        from .registry import get_method
-
-        for key, learns_from in (("pseudo_label_methods", "pseudo_labels"),
-                                 ("image_label_methods", "image_labels")):
-            for index, name in enumerate(getattr(self, key)):
-                record = get_method(name, f"{where}.{key}[{index}]")
-                _check(record.learns_from == learns_from, f"{where}.{key}[{index}]",
-                       f"method '{name}' learns from {record.learns_from.replace('_', ' ')}")
-        for key in ("pseudo_label_methods", "noise_levels", "seeds"):
-            values = getattr(self, key)
-            _check(len(values) >= 1 and len(set(values)) == len(values), f"{where}.{key}",
-                   "must list at least one value, without repeats")
-        _check(isinstance(self.jobs, int) and self.jobs >= 1, f"{where}.jobs",
-               "must be a whole number >= 1")
-        _check(self.threads >= 1, f"{where}.threads", "must be >= 1")
-        _check(self.source_threads >= 1, f"{where}.source_threads", "must be >= 1")
-        _check(self.two_stage_method == "best" or self.two_stage_method in self.pseudo_label_methods,
-               f"{where}.two_stage_method", "must be 'best' or one of pseudo_label_methods")
-        _check(len(set(self.image_label_methods)) == len(self.image_label_methods),
-               f"{where}.image_label_methods", "must not repeat a method")
-        _check(all(0.0 <= n <= 1.0 for n in self.noise_levels), f"{where}.noise_levels",
-               "must be in [0, 1]")
-
-
-@dataclass
-class PretrainParams:
-    """The stand-in for ImageNet pretraining (pretrain/dvc.yaml, wsss_core.pretrain): a synthetic
-    classification set (all 20 VOC classes, image-level labels only, distractor textures on the
-    background; the demo data's appearance, its own seed), a `cam` classifier trained on it per
-    backbone, whose backbones initialise the demo DeepLab and DuPL."""
-
-    num_train: int = 2700
-    num_val: int = 300           # held out: the classifiers' mAP / accuracy
-    min_size: int = 96
-    max_size: int = 128
-    max_objects: int = 3
-    seed: int = 1000             # other images than the demo data's (data.synthetic.seed)
-    # class-less patches with a random class's texture and colours on background pixels, at
-    # most this many per image (uniform 0..n)
-    distractors: int = 3
-    # the set's own co-occurring context and part focus (data.synthetic's meaning), independent
-    # of the demo data's, as ImageNet's statistics are of VOC's
-    context: float = 0.8
-    part_focus: float = 0.5
-    iterations_resnet: int = 600
-    iterations_vit: int = 900
-    batch_size: int = 16
-    crop: int = 96
-    threads: int = 2             # CPU threads of each training (float sums depend on it)
-    n_jobs: int = 2              # rendering workers
-
-    def validate(self, where: str) -> None:
-        _check(self.num_train >= 1 and self.num_val >= 1, where, "num_train and num_val must be >= 1")
-        _check(16 <= self.min_size <= self.max_size, where, "need 16 <= min_size <= max_size")
-        _check(self.max_objects >= 1, f"{where}.max_objects", "must be >= 1")
-        _check(self.distractors >= 0, f"{where}.distractors", "must be >= 0")
-        for key in ("context", "part_focus"):
-            _check(0.0 <= getattr(self, key) <= 1.0, f"{where}.{key}", "must be in [0, 1]")
-        for key in ("iterations_resnet", "iterations_vit", "batch_size", "crop", "threads"):
-            _check(getattr(self, key) >= 1, f"{where}.{key}", "must be >= 1")
-        _check(self.batch_size <= self.num_train, f"{where}.batch_size", "exceeds num_train")
-        _check(self.n_jobs != 0, f"{where}.n_jobs", "must be -1 (all cores) or a non-zero count")
-
-
-@dataclass
 class Params:
-    method: str = "baseline"   # a name in wsss_core.registry
+    method: str = "baseline"   # a name in wsss_core.methods.registry
     dataset: DatasetName = "synthetic"
     seed: int = 0
     data: DataParams = field(default_factory=DataParams)
@@ -415,13 +324,10 @@ class Params:
     infer: InferParams = field(default_factory=InferParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     crf: CrfParams = field(default_factory=CrfParams)
-    benchmark: BenchmarkParams = field(default_factory=BenchmarkParams)
-    pretrain: PretrainParams = field(default_factory=PretrainParams)
 
     def validate(self, where: str) -> None:
-        from .registry import get_method
-
-        get_method(self.method)
+        # the method name is checked against the registry by the pipeline (resolve_run), so
+        # that loading params imports no method (and no torch)
         if self.pseudo_labels.simulated and self.dataset != "synthetic":
             raise ConfigError(
                 f"params.yaml: pseudo_labels.source: simulate needs dataset 'synthetic' (got "
@@ -431,12 +337,17 @@ class Params:
 
     @property
     def num_classes(self) -> int:
-        return 81 if self.dataset == "coco14" else 21
+        return NUM_CLASSES[self.dataset]
 
 
 # --------------------------------------------------------------------------- loading
 def load_params(path: str | Path = PARAMS_FILE, overrides: dict | None = None) -> Params:
     """Read and validate params.yaml; `overrides` maps dotted keys to values (for tests/tools)."""
+    return params_from_dict(read_params_file(path, overrides), source=str(path))
+
+
+def read_params_file(path: str | Path, overrides: dict | None = None) -> dict:
+    """A params file's mapping, `overrides` (dotted keys → values) applied."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found")
@@ -444,13 +355,25 @@ def load_params(path: str | Path = PARAMS_FILE, overrides: dict | None = None) -
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level: expected a mapping, got {raw!r}")
     for dotted, value in (overrides or {}).items():
         node = raw
         *parents, leaf = dotted.split(".")
         for key in parents:
             node = node.setdefault(key, {})
         node[leaf] = value
-    return params_from_dict(raw, source=str(path))
+    return raw
+
+
+def load_group(path: str | Path, group: str, cls: type, overrides: dict | None = None):
+    """One top-level group of a params file as dataclass `cls`, checked like params.yaml (for
+    the pipelines beside the product, e.g. the benchmark's robustness/params.yaml)."""
+    raw = read_params_file(path, overrides)
+    unknown = sorted(set(raw) - {group})
+    if unknown:
+        raise ConfigError(f"{path}: unknown key '{unknown[0]}' (allowed: {group})")
+    return _build(cls, raw.get(group), group, str(path))
 
 
 def params_from_dict(raw: dict, source: str = PARAMS_FILE) -> Params:
@@ -472,4 +395,5 @@ def _reject_legacy_pseudo_label_keys(raw, source: str) -> None:
                           f"cams, dupl), not a path: write source: files and path: {value}")
 
 
-__all__ = ["PARAMS_FILE", "Params", "convert_fields", "load_params", "params_from_dict"]
+__all__ = ["NUM_CLASSES", "PARAMS_FILE", "Params", "VOC_NUM_CLASSES", "load_params", "load_group",
+           "params_from_dict"]

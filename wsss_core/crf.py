@@ -22,7 +22,7 @@ import numpy as np
 from joblib import Parallel, delayed
 
 from .cli import progress
-from .config import CrfParams
+from .config import VOC_NUM_CLASSES, CrfParams
 from .data.datasets import Split
 from .errors import DataError, WsssError
 from .evaluate import softmax, upsample_bilinear
@@ -66,12 +66,10 @@ CRF_PRESETS = {
 }
 
 
-def crf_settings(params: CrfParams, method: str) -> CrfSettings:
-    """The kernel for `method`: the preset (`auto`: the one of the method's registry record)
-    with non-null overrides."""
-    from .registry import get_method
-
-    preset = get_method(method).crf_preset if params.preset == "auto" else params.preset
+def crf_settings(params: CrfParams, auto_preset: str) -> CrfSettings:
+    """The kernel of `params`: its preset (`auto`: `auto_preset`, the method's own, from its
+    registry record) with non-null overrides."""
+    preset = auto_preset if params.preset == "auto" else params.preset
     overrides = {f.name: getattr(params, f.name) for f in dataclasses.fields(CrfSettings)
                  if getattr(params, f.name) is not None}
     return dataclasses.replace(CRF_PRESETS[preset], **overrides)
@@ -355,7 +353,7 @@ VOC_SERVER_DIR = "results/VOC2012/Segmentation/comp6_test_cls"
 def export_voc_test(split: Split, logits_dir: str | Path, out_root: str | Path,
                     archive: str | Path, settings: CrfSettings | None, *,
                     ids: list[str] | None = None, wrapped_mean: bool = False,
-                    n_jobs: int = -1, num_classes: int = 21) -> tuple[Path, RefineResult]:
+                    n_jobs: int = -1, num_classes: int = VOC_NUM_CLASSES) -> tuple[Path, RefineResult]:
     """Palette PNGs in `<out_root>/results/VOC2012/Segmentation/comp6_test_cls/<id>.png` and a
     gzipped tar of them with members `results/VOC2012/...` (the evaluation server's layout).
 

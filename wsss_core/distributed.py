@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from .errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Context:
@@ -36,15 +38,15 @@ def _pick_device(local_rank: int, device: str) -> torch.device:
     if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        from .errors import ConfigError
-
         raise ConfigError("device 'cuda' requested but no CUDA device is available")
     return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
 @contextlib.contextmanager
-def distributed(device: str = "auto") -> Iterator[Context]:
-    """Join the torchrun process group (if any) for the duration of the block."""
+def distributed(device: str = "auto", threads: int | None = None) -> Iterator[Context]:
+    """Join the torchrun process group (if any) for the duration of the block. On the CPU the
+    process uses `threads` BLAS threads (a caller's budget: benchmark cells run side by side),
+    by default the machine's cores shared among the ranks on it."""
     stop_with_launcher()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -58,11 +60,8 @@ def distributed(device: str = "auto") -> Iterator[Context]:
     else:
         owns_group = False
     if target.type == "cpu":
-        # ranks share the machine's cores: oversubscribed BLAS threads slow everyone down.
-        # WSSS_CPU_THREADS is the budget a parent gave this process (benchmark cells run side by
-        # side); otherwise the cores are split among the ranks on this machine.
-        budget = int(os.environ.get("WSSS_CPU_THREADS") or 0)
-        torch.set_num_threads(budget or max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get(
+        # ranks share the machine's cores: oversubscribed BLAS threads slow everyone down
+        torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get(
             "LOCAL_WORLD_SIZE", world_size)))))
     yield Context(rank=rank, world_size=world_size, local_rank=local_rank, device=target)
     # not on an exception: the failing rank keeps its connections until it has reported the

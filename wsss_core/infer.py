@@ -28,8 +28,9 @@ import torch
 
 from .cli import progress
 from .data.datasets import Split
-from .distributed import Context, barrier
+from .distributed import Context, barrier, gather_object
 from .errors import DataError, os_problem
+from .evaluate import upsample_bilinear
 from .io import read_image, read_label, write_logits, write_text
 from .metrics import ConfusionMatrix
 from .models import unwrap
@@ -153,9 +154,6 @@ def score_split(model: torch.nn.Module, predictors: dict, normalize, split: Spli
                 precision: str = "fp32") -> dict[str, ConfusionMatrix] | None:
     """Confusion matrix of each predictor over the split (no files written): this rank's
     share, summed on rank 0 (None on the others)."""
-    from .distributed import gather_object
-    from .evaluate import upsample_bilinear
-
     model.eval()
     matrices = {name: ConfusionMatrix(num_classes) for name in predictors}
     for image_id in progress(split.ids[ctx.rank::ctx.world_size], "validation"):

@@ -134,3 +134,19 @@ def per_class_csv(report: dict) -> str:
     for name, iou in report["per_class_iou"].items():
         lines.append(f"{name},{'' if iou is None else f'{iou:.6f}'}")
     return "\n".join(lines) + "\n"
+
+
+def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float | None:
+    """Mean over classes with at least one positive of the average precision (area under the
+    precision at each positive, ranked by score; ties ranked in input order); None if no class
+    has a positive."""
+    values = []
+    for c in range(scores.shape[1]):
+        positives = targets[:, c] > 0.5
+        if not positives.any():
+            continue
+        order = np.argsort(-scores[:, c], kind="stable")
+        hits = positives[order]
+        precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+        values.append(float(precision[hits].mean()))
+    return float(np.mean(values)) if values else None

@@ -10,6 +10,8 @@ Param groups carry their undecayed lr as ``initial_lr`` (see
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
 
@@ -44,3 +46,14 @@ def warmup_poly_factor(step: int, warmup_iter: int, max_iter: int, warmup_ratio:
         return 1 - (1 - step / warmup_iter) * (1 - warmup_ratio)
     step = min(step, max_iter - 1)
     return (1 - step / max_iter) ** power
+
+
+def poly_factor_with_warmup(iteration: int, config: Mapping, step_size: int) -> float:
+    """DeepLab's stepped poly factor over a training configuration's `iterations` (`lr_step`,
+    default `step_size`; `lr_power`, default 0.9), times a linear warm-up over its first
+    `warmup_iter` iterations (0 or absent: none). The demo presets warm up because heads trained
+    from scratch at 10×/20× the lr blow up in the first steps; the paper configs have none."""
+    factor = stepped_poly_factor(iteration, config["iterations"], config.get("lr_step", step_size),
+                                 config.get("lr_power", 0.9))
+    warmup = config.get("warmup_iter", 0)
+    return factor * min(1.0, iteration / warmup) if warmup else factor

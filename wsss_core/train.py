@@ -27,6 +27,7 @@ import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -37,7 +38,9 @@ from .cli import progress
 from .distributed import Context, all_reduce_sum, barrier, broadcast_object, gather_object
 from .errors import ConfigError, DataError, WsssError
 from .io import save_torch, write_text
-from .methods import TrainingMethod
+
+if TYPE_CHECKING:  # the training loop does not import the methods it runs
+    from .methods import TrainingMethod
 from .precision import autocast, grad_scaler
 from .schedules import set_lr_factor
 

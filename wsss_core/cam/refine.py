@@ -1,4 +1,5 @@
-"""One image's CAMs → its pixel labels (`pseudo_labels.refine`).
+"""Stored CAMs → pixel labels (`pseudo_labels.refine`): one image's (`refine_slots`), and a
+split's published as validated palette PNGs (`refine_cam_labels`).
 
 A pixel's score is the max over the image's present classes of their CAMs (after the method's
 refinement). With the band (low, high): the arg-max class where the score is > high, background
@@ -17,13 +18,17 @@ low plane, 255 otherwise.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..cli import progress
 from ..crf import CRF_PRESETS, dense_crf
-from ..io import IGNORE_INDEX
+from ..data.datasets import Split
+from ..io import IGNORE_INDEX, atomic_dir, read_image, read_label, write_label
 from .par import refine_cams_two_backgrounds
+from .store import CAM_SUFFIX, load_cams
 
 
 def combine_planes(slot_high: torch.Tensor, slot_low: torch.Tensor) -> torch.Tensor:
@@ -73,3 +78,24 @@ def slots_to_classes(slots: torch.Tensor, keys: Sequence[int]) -> np.ndarray:
     lookup[0] = 0
     lookup[1:len(keys) + 1] = np.asarray(list(keys), dtype=np.uint8)
     return lookup[slots.numpy()]
+
+
+def refine_cam_labels(cam_dir: str | Path, split: Split, class_labels: dict[str, list[int]],
+                      num_classes: int, refine, out_dir: str | Path) -> dict:
+    """Pseudo labels of `split` from the CAMs stored in `cam_dir` (stage cams), refined with
+    `refine` (config.RefineParams), written and validated as ingested labels are (palette PNG,
+    values in 0, the present classes, 255; the image's size)."""
+    cam_dir = Path(cam_dir)
+    ids = split.ids
+    band = refine.band
+    with atomic_dir(out_dir) as tmp:
+        for image_id in progress(ids, "pseudo labels"):
+            image = read_image(split.image_path(image_id))
+            keys = class_labels[image_id]
+            cams = load_cams(cam_dir / f"{image_id}{CAM_SUFFIX}", keys, image.shape[:2])
+            slots = refine_slots(image, cams, refine.method, band, refine.crf_preset)
+            path = tmp / f"{image_id}.png"
+            write_label(path, slots_to_classes(slots, keys))
+            read_label(path, num_classes, expected_hw=image.shape[:2])
+    return {"source": str(cam_dir), "refine": refine.method, "band": list(band),
+            "labels": len(ids)}

@@ -16,11 +16,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.pseudo_labels import STAGE_MANIFEST as MANIFEST
 from ..errors import DataError
 from ..io import read_json, write_json
 
 CAM_SUFFIX = ".npz"
+# what the cam_classifier and cams stages write beside their outputs
+MANIFEST = "manifest.json"
 
 
 def stored_grid(size: Sequence[int], stride: int) -> tuple[int, int]:

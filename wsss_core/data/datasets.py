@@ -91,3 +91,11 @@ def resolve_split(params: Params, split: str, prepared: Path | None = None) -> S
 
 def class_names(params: Params) -> tuple[str, ...]:
     return DATASET_CLASSES[params.dataset]
+
+
+def scored_splits(params: Params) -> list[str]:
+    """The splits with GT that inference and the CRF score: val (where presets, thresholds and
+    DuPL's student are chosen) and the held-out test split results are reported on where it has
+    GT (the synthetic data's; VOC's test GT is on the evaluation server, COCO has no test here)."""
+    held_out = params.dataset == "synthetic" and params.data.synthetic.num_test > 0
+    return ["val", "test"] if held_out else ["val"]

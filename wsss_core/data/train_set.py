@@ -1,6 +1,7 @@
 """The training dataset over a `Split` (synthetic, VOC and COCO alike), for any method.
 
-What a sample is made of comes from the method's registry record: its target (the pseudo label
+What a sample is made of comes from the method's registry record (any object with its
+`uses_pseudo_labels` and `train_sample`): its target (the pseudo label
 of each image, or its image-level multi-hot label) and its `train_sample` augmentation
 (DeepLab/CDL: scale-crop-flip + BGR mean subtraction; DuPL: crop with `img_box` + ImageNet
 normalisation + strong view). Each sample's randomness comes from a generator seeded by (seed,
@@ -8,22 +9,30 @@ epoch, index), so augmentation is reproducible and independent of DataLoader wor
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from torch.utils.data import Dataset
 
 from ..io import read_image, read_label
-from ..registry import MethodRecord
 from .classes import multi_hot, read_class_labels
 from .datasets import Split
+
+
+class SampleRecipe(Protocol):
+    """What the training set needs of a method (its `wsss_core.methods.MethodRecord` has it)."""
+
+    uses_pseudo_labels: bool
+    train_sample: Callable[..., dict]
 
 
 class TrainSet(Dataset):
     """`inputs` is the pseudo-label folder (`<id>.png`) for a method learning from pseudo labels,
     or the image-level label file (cls_labels.json) for one learning from image labels."""
 
-    def __init__(self, split: Split, record: MethodRecord, num_classes: int, config: dict,
+    def __init__(self, split: Split, record: SampleRecipe, num_classes: int, config: dict,
                  seed: int, inputs: str | Path, *, strong_view: bool = False):
         self.ids = split.ids
         self.split = split

@@ -15,7 +15,7 @@ CRF's softmax gives the scores normalised over classes.
 
 Backbones (`backbone` option; model in `wsss_core.models.classifier`): "resnet", DeepLab v2's
 dilated ResNet, and "vit", DuPL's student ViT; their trained backbones initialise the demo
-DeepLab and DuPL (`wsss_core.pretrain`).
+DeepLab and DuPL (the pretraining, `pretrain/`).
 """
 from __future__ import annotations
 
@@ -27,16 +27,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cam import cam_to_val_label, multi_scale_cams
-from ..cli import is_main_process
+from ..cam import multi_scale_cams
+from ..cam.quality import cam_confusions
 from ..data.transforms import deeplab_train_crop, to_bgr_mean_subtracted
 from ..errors import ConfigError
-from ..metrics import ConfusionMatrix
-from ..models import load_init_weights, unwrap
+from ..metrics import mean_average_precision
+from ..models import build_checked, load_init_weights_reported, unwrap
 from ..models.classifier import build_cam_classifier
-from ..presets import DEEPLAB_PRESETS, DUPL_PRESETS
-from ..registry import MethodRecord, get_method, method_options, register_method
-from ..schedules import stepped_poly_factor
+from ..models.demo import DEMO_RESNET, DEMO_VIT
+from ..models.vit_seg import load_vit_weights
+from ..schedules import poly_factor_with_warmup
+from .registry import MethodRecord, method_options, register_method
 
 
 @dataclass
@@ -69,12 +70,6 @@ _COMMON = {
     "iter_size": 1, "lr_step": 1, "lr_power": 0.9, "warmup_iter": 0, "momentum": 0.9,
     "num_workers": 2, "method_options": {}, "init_weights": "", "init_min_share": 0.5,
 }
-# the demo backbones are those of the demo DeepLab and DuPL, so that the weights trained here
-# initialise them (wsss_core.pretrain)
-_DEMO_RESNET_MODEL = {key: DEEPLAB_PRESETS["demo"]["model"][key] for key in ("blocks", "width")}
-_DEMO_VIT_MODEL = {"vit_name": DUPL_PRESETS["demo"]["model"]["backbone"],
-                   **{key: DUPL_PRESETS["demo"]["model"][key]
-                      for key in ("patch_size", "depth", "embed_dim", "num_heads")}}
 
 CAM_PRESETS = {
     # CPU demo on the synthetic data: the demo DeepLab's ResNet ([1, 1, 1, 1], width 16),
@@ -86,7 +81,7 @@ CAM_PRESETS = {
         "iterations": 300, "batch_size": 16, "crop": 96, "optimizer": "sgd", "lr": 0.05,
         "weight_decay": 1e-4, "warmup_iter": 30, "grad_clip": 5.0, "train_scales": [0.75, 1.0, 1.25],
         "checkpoint_every": 100, "log_every": 10, "num_workers": 0,
-        "model": {**_DEMO_RESNET_MODEL, "freeze_bn": False},
+        "model": {**DEMO_RESNET, "freeze_bn": False},
     },
     # CPU demo with DuPL's demo student ViT (4 blocks of width 128, 8-px patches): AdamW as DuPL;
     # from scratch lr 1e-3 beats DuPL's demo 5e-4 (val mAP 0.41 vs 0.31 after 150 iterations of
@@ -97,7 +92,7 @@ CAM_PRESETS = {
         "weight_decay": 0.01, "warmup_iter": 30, "grad_clip": 5.0, "train_scales": [0.75, 1.0, 1.25],
         "checkpoint_every": 100, "log_every": 10, "num_workers": 0,
         "method_options": {"backbone": "vit", "head_lr_mult": 1.0},
-        "model": dict(_DEMO_VIT_MODEL),
+        "model": dict(DEMO_VIT),
     },
     # IRN's ResNet-50 CAM (jiwoon-ahn/irn run_sample.py / train_cam.py): 5 epochs of the 1464
     # VOC train images at batch 16 (~460 iterations), SGD lr 0.1 (classifier 10×), weight decay
@@ -130,7 +125,7 @@ class CamMethod:
         self.name = name
         self.num_classes = num_classes
         self.config = config
-        self.options = method_options(get_method("cam"), config.get("method_options", {}))
+        self.options = method_options(RECORD, config.get("method_options", {}))
         if "backbone" in config.get("model", {}):
             raise ConfigError("params.yaml: the cam method's backbone is "
                               "train.method_options.backbone, not a model parameter")
@@ -138,19 +133,13 @@ class CamMethod:
             raise ConfigError(f"cam preset: optimizer '{config['optimizer']}' is not sgd or adamw")
 
     def build_model(self) -> nn.Module:
-        from ..models import build_model
-
-        model = build_model("cam", self.num_classes, backbone=self.options.backbone,
-                            **self.config["model"])
+        model = build_checked(build_cam_classifier, self.num_classes, "method 'cam'",
+                              backbone=self.options.backbone, **self.config["model"])
         path = self.config.get("init_weights")
         if path:
             if self.options.backbone == "resnet":
-                report = load_init_weights(model, path, self.config.get("init_min_share", 0.0))
-                if is_main_process():
-                    print(report.summary(), flush=True)
+                load_init_weights_reported(model, path, self.config.get("init_min_share", 0.0))
             else:
-                from ..models.vit_seg import load_vit_weights
-
                 load_vit_weights(model.encoder, path)
         return model
 
@@ -172,10 +161,7 @@ class CamMethod:
         return torch.optim.SGD(groups, lr=lr, momentum=self.config.get("momentum", 0.9))
 
     def lr_factor(self, iteration: int) -> float:
-        factor = stepped_poly_factor(iteration, self.config["iterations"],
-                                     self.config.get("lr_step", 1), self.config.get("lr_power", 0.9))
-        warmup = self.config.get("warmup_iter", 0)
-        return factor * min(1.0, iteration / warmup) if warmup else factor
+        return poly_factor_with_warmup(iteration, self.config, step_size=1)
 
     def training_loss(self, model: nn.Module, batch: dict, iteration: int):
         logits = model(batch["image"])
@@ -213,7 +199,7 @@ def cam_scores(model: nn.Module, images: torch.Tensor, options: CamOptions,
 
 def cam_predictors(config: dict) -> dict:
     """One predictor: log of `cam_scores` (no image labels) on the stride-8 grid."""
-    options = method_options(get_method("cam"), config.get("method_options", {}))
+    options = method_options(RECORD, config.get("method_options", {}))
 
     def run(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         height, width = images.shape[-2:]
@@ -228,44 +214,23 @@ def cam_predictors(config: dict) -> dict:
 def cam_val_scores(model: nn.Module, split, class_labels, device, method: CamMethod) -> dict:
     """Val figures beside the predictor's: CAM mIoU with the image-level GT labels (the usual
     CAM-quality figure of WSSS papers, `bkg_threshold` rule) and the classifier's mAP."""
-    from ..data.classes import multi_hot
-    from ..io import read_image, read_label
-
     net = unwrap(model).eval()
-    num_classes = method.num_classes
-    matrix = ConfusionMatrix(num_classes)
     scores, targets = [], []
-    for image_id in split.ids:
-        image = torch.from_numpy(to_bgr_mean_subtracted(read_image(split.image_path(image_id))))
-        image = image[None].to(device)
-        labels = torch.from_numpy(multi_hot(class_labels[image_id], num_classes))[None].to(device)
-        cams, _ = multi_scale_cams(net, image, method.options.cam_scales)
-        pred = cam_to_val_label(cams, labels, method.options.bkg_threshold)
-        matrix.update(pred[0].cpu().numpy(), read_label(split.gt_path(image_id), num_classes))
+
+    def classify(image: torch.Tensor, labels: torch.Tensor) -> None:
         scores.append(torch.sigmoid(net(image))[0].cpu().numpy())
         targets.append(labels[0].cpu().numpy())
-    return {"cam_miou_gt_labels": matrix.scores()["miou"],
+
+    matrices = cam_confusions({"cam": net}, to_bgr_mean_subtracted, split, class_labels,
+                              method.num_classes, device, method.options.cam_scales,
+                              method.options.bkg_threshold, visit=classify)
+    return {"cam_miou_gt_labels": matrices["cam"].scores()["miou"],
             "classifier_map": mean_average_precision(np.stack(scores), np.stack(targets))}
-
-
-def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float | None:
-    """Mean over classes with at least one positive of the average precision (area under the
-    precision at each positive, ranked by score; ties ranked in input order); None if no class
-    has a positive."""
-    values = []
-    for c in range(scores.shape[1]):
-        positives = targets[:, c] > 0.5
-        if not positives.any():
-            continue
-        order = np.argsort(-scores[:, c], kind="stable")
-        hits = positives[order]
-        precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-        values.append(float(precision[hits].mean()))
-    return float(np.mean(values)) if values else None
 
 
 RECORD = register_method(MethodRecord(
     name="cam", create=CamMethod, build_model=build_cam_classifier, learns_from="image_labels",
     normalize=to_bgr_mean_subtracted, train_sample=cam_train_sample, crf_preset="deeplab",
     presets=CAM_PRESETS, predictors=cam_predictors, options=CamOptions, val_extras=cam_val_scores,
-    description="CAM: a multi-label classifier whose class activation maps segment (CAM only)"))
+    description="CAM: a multi-label classifier whose class activation maps segment (CAM only)",
+    cam_source="cams"))

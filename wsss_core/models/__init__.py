@@ -1,8 +1,7 @@
 """Model registry and weight loading.
 
-`build_model(method, num_classes, **model_params)` looks the method's builder up in its
-`wsss_core.registry` record and checks `model_params` against the builder's keyword arguments,
-so a misspelt parameter is a one-line `ConfigError`.
+`build_checked(builder, num_classes, owner, **model_params)` checks `model_params` against the
+builder's keyword arguments, so a misspelt parameter is a one-line `ConfigError`.
 
 `load_init_weights` loads backbone init weights (e.g. the Caffe-converted DeepLab ResNet-101,
 keys like ``layer4.block7.conv3x3.conv.weight`` plus an unused ``fc.*``) into `model.base`,
@@ -14,7 +13,7 @@ Whole trained models (this project's `model.pth`, released checkpoints) load str
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,24 +21,23 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..cli import is_main_process
 from ..errors import ConfigError, DataError, WsssError
 from .deeplab_v2 import MSC, MscOutputs
 from .resnet import freeze_batchnorm
 
 
-def build_model(method: str, num_classes: int, **model_params: Any) -> nn.Module:
-    """Build the network of `method` (its registry record's builder) for `num_classes`; a model
-    parameter the builder does not take is a one-line ConfigError."""
-    from ..registry import get_method
-
-    builder = get_method(method).build_model
+def build_checked(builder: Callable[..., nn.Module], num_classes: int, owner: str,
+                  **model_params: Any) -> nn.Module:
+    """`builder(num_classes, **model_params)`; a model parameter the builder does not take is a
+    one-line ConfigError naming `owner` (e.g. "method 'cdl_b'")."""
     parameters = inspect.signature(builder).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     allowed = [name for name in parameters if name != "num_classes"
                and parameters[name].kind is not inspect.Parameter.VAR_KEYWORD]
     for name in model_params:
         if not takes_any and name not in allowed:
-            raise ConfigError(f"model parameter '{name}' is not used by method '{method}' "
+            raise ConfigError(f"model parameter '{name}' is not used by {owner} "
                               f"(allowed: {', '.join(allowed)})")
     return builder(num_classes, **model_params)
 
@@ -175,5 +173,15 @@ def load_init_weights(model: nn.Module, source: str | Path | Mapping[str, torch.
     return report
 
 
-__all__ = ["build_model", "LoadReport", "load_init_weights", "read_state_dict", "unwrap",
+def load_init_weights_reported(model: nn.Module, source: str | Path, min_share: float = 0.0
+                               ) -> LoadReport:
+    """`load_init_weights`, its summary printed by the main process (what loaded, what kept its
+    initialisation): the one place a run says which init it started from."""
+    report = load_init_weights(model, source, min_share=min_share)
+    if is_main_process():
+        print(report.summary(), flush=True)
+    return report
+
+
+__all__ = ["build_checked", "LoadReport", "load_init_weights", "load_init_weights_reported", "read_state_dict", "unwrap",
            "freeze_batchnorm", "MSC", "MscOutputs"]

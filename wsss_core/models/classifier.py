@@ -29,6 +29,7 @@ from torch import nn
 
 from ..data.transforms import BGR_MEAN, IMAGENET_MEAN, IMAGENET_STD
 from ..errors import ConfigError
+from .vit_seg import create_vit, vit_tokens
 from .resnet import checkpointed, dilated_resnet_layers, freeze_batchnorm, stage_channels
 
 BACKBONES = ("resnet", "vit")
@@ -128,8 +129,6 @@ class VitCam(CamClassifier):
     def __init__(self, num_classes: int, vit_name: str, grad_checkpointing: bool = False,
                  **vit_overrides: int | None):
         super().__init__()
-        from .vit_seg import create_vit
-
         self.to_imagenet = ImagenetInput()
         self.encoder = create_vit(vit_name, **vit_overrides)
         self.encoder.set_grad_checkpointing(grad_checkpointing)
@@ -137,8 +136,6 @@ class VitCam(CamClassifier):
         nn.init.xavier_uniform_(self.classifier.weight)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        from .vit_seg import vit_tokens
-
         return vit_tokens(self.encoder, self.to_imagenet(images), aux_layer=-1)[0]
 
 

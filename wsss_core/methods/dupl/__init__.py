@@ -3,7 +3,8 @@ noise filter and the losses, plus test-time prediction. Follows the released cod
 `train_final_voc.py` / `train_final_coco.py`); paper variants sit behind flags.
 
 Modules: `config` (DuplConfig, phase schedule), `thresholds` (τ_h), `losses/` (one per term),
-`noise_filter` (ANF), `method` (training step, DuplMethod, predict). The CAM and PAR functions
+`noise_filter` (ANF), `method` (training step, DuplMethod, predict), `presets` (train.preset),
+`record` (its registry record). The CAM and PAR functions
 live in `wsss_core.cam` (method-independent) and are re-exported here.
 
 Interface used by the shared training loop (`model` is a `models.vit_seg.DuplNet`, possibly
@@ -49,10 +50,11 @@ from .losses import (
 )
 from .method import DuplMethod, compute_loss, param_groups, predict
 from .noise_filter import NoiseFilterResult, TwoGaussians, filter_noisy_labels, fit_two_gaussians
+from .record import RECORD  # registers dupl
 from .thresholds import cosine_descent, image_high_thresholds
 
 __all__ = [
-    "DuplConfig", "DuplMethod", "compute_loss", "param_groups", "phase_weights", "computed_terms",
+    "RECORD", "DuplConfig", "DuplMethod", "compute_loss", "param_groups", "phase_weights", "computed_terms",
     "predict",
     "multi_scale_cams", "cam_to_train_label", "cam_to_val_label",
     "par_refine", "refine_cams_two_backgrounds", "cosine_descent", "image_high_thresholds",

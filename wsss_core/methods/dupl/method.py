@@ -10,15 +10,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...cam import (
-    cam_to_val_label,
     denormalize_to_unit,
     multi_scale_cams,
     refine_cams_two_backgrounds,
 )
+from ...cam.quality import cam_confusions
+from ...data.transforms import to_imagenet_normalized
 from ...errors import WsssError
 from ...metrics import ConfusionMatrix
 from ...models import unwrap
+from ...models.vit_seg import build_dupl_model
 from ...precision import as_float, full_precision
+from ...schedules import warmup_poly_factor
+from ..registry import parse_options
 from .config import LOSS_TERMS, DuplConfig, computed_terms, phase_weights
 from .losses import (
     balanced_seg_loss,
@@ -206,17 +210,13 @@ class DuplMethod:
         self.num_classes = num_classes
         self.config = dict(config)
         base = DuplConfig.coco if config.get("schedule", "voc") == "coco" else DuplConfig.voc
-        from ...registry import get_method, method_options
-
-        cfg = method_options(get_method("dupl"), config.get("method_options", {}), factory=base)
+        cfg = parse_options(DuplConfig, "dupl", config.get("method_options", {}), factory=base)
         if cfg.max_iters != config["iterations"]:
             cfg = cfg.rescaled(config["iterations"], crop_size=config["crop"])
         cfg.validate()
         self.cfg = cfg
 
     def build_model(self) -> nn.Module:
-        from ...models.vit_seg import build_dupl_model
-
         return build_dupl_model(self.num_classes, pretrained_path=self.config.get("init_weights") or "",
                                 **self.config["model"])
 
@@ -226,8 +226,6 @@ class DuplMethod:
                                  weight_decay=self.config["weight_decay"])
 
     def lr_factor(self, iteration: int) -> float:
-        from ...schedules import warmup_poly_factor
-
         return warmup_poly_factor(iteration - 1, self.config["warmup_iter"], self.config["iterations"],
                                   self.config["warmup_ratio"], self.config["lr_power"])
 
@@ -237,26 +235,14 @@ class DuplMethod:
                   "img_box": batch["img_box"], "strong_images": batch.get("strong_image")}
         return compute_loss(model, inputs, iteration, self.cfg)
 
-    @torch.no_grad()
     def cam_matrices(self, model: nn.Module, split, class_labels: Mapping[str, list[int]],
                      device: torch.device) -> dict[str, ConfusionMatrix]:
         """CAM quality of each student on a split (`validate_siamase`'s CAM mIoU, at full image
         resolution): multi-scale + flip CAMs of the image-level GT classes, the `bkg_thre` rule."""
-        from ...data.classes import multi_hot
-        from ...data.transforms import to_imagenet_normalized
-        from ...io import read_image, read_label
         net = unwrap(model).eval()
-        matrices = {f"student{i + 1}": ConfusionMatrix(self.num_classes) for i in range(2)}
-        for image_id in split.ids:
-            image = torch.from_numpy(to_imagenet_normalized(read_image(split.image_path(image_id))))
-            image = image[None].to(device)
-            labels = torch.from_numpy(multi_hot(class_labels[image_id], self.num_classes))[None]
-            gt = read_label(split.gt_path(image_id), self.num_classes)
-            for name, student in zip(matrices, net.students):
-                cam, _ = multi_scale_cams(student, image, self.cfg.cam_scales)
-                pred = cam_to_val_label(cam, labels.to(device), self.cfg.bkg_thre)
-                matrices[name].update(pred[0].cpu().numpy(), gt)
-        return matrices
+        students = {f"student{i + 1}": student for i, student in enumerate(net.students)}
+        return cam_confusions(students, to_imagenet_normalized, split, class_labels,
+                              self.num_classes, device, self.cfg.cam_scales, self.cfg.bkg_thre)
 
 
 # --------------------------------------------------------------------------- inference

@@ -8,10 +8,10 @@ from torch import nn
 from ...data.transforms import dupl_color_pipeline, dupl_strong_view, dupl_train_crop, to_imagenet_normalized
 from ...models import unwrap
 from ...models.vit_seg import build_dupl_model
-from ...presets import DUPL_PRESETS
-from ...registry import MethodRecord, register_method
+from ..registry import MethodRecord, register_method
 from .config import DuplConfig
 from .method import DuplMethod, predict
+from .presets import DUPL_PRESETS
 
 
 def dupl_predictors(config: dict) -> dict:
@@ -60,4 +60,5 @@ RECORD = register_method(MethodRecord(
     train_sample=dupl_train_sample, crf_preset="dupl", presets=DUPL_PRESETS,
     predictors=dupl_predictors, options=DuplConfig, val_extras=dupl_cam_scores,
     cam_model=dupl_cam_model,
-    description="DuPL: two ViT students with progressive, noise-filtered cross supervision"))
+    description="DuPL: two ViT students with progressive, noise-filtered cross supervision",
+    cam_source="dupl"))

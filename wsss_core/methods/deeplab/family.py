@@ -2,7 +2,7 @@
 
 SGD (momentum 0.9) over the 1×/10×/20× groups of the method, DeepLab's poly LR stepped every 10
 iterations, frozen BatchNorm (unless the preset trains from scratch), and the method's losses
-over every MSC output. The three methods' registry records (`wsss_core.registry`) are at the end.
+over every MSC output. The three methods' registry records are at the end.
 """
 from __future__ import annotations
 
@@ -10,15 +10,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..cli import is_main_process
-from ..data.transforms import cdl_strong_view, deeplab_train_crop, to_bgr_mean_subtracted
-from ..models import load_init_weights
-from ..models.deeplab_v2 import build_baseline, build_cdl_b, build_cdl_e
-from ..presets import DEEPLAB_PRESETS
+from ...data.transforms import cdl_strong_view, deeplab_train_crop, to_bgr_mean_subtracted
+from ...models import build_checked, load_init_weights_reported
+from ...models.deeplab_v2 import build_baseline, build_cdl_b, build_cdl_e
+from ...schedules import poly_factor_with_warmup
 from ..registry import MethodRecord, method_options, register_method
-from ..schedules import stepped_poly_factor
 from .baseline import BaselineConfig, BaselineMethod
 from .cdl import CdlConfig, CdlMethod
+from .presets import DEEPLAB_PRESETS
 
 
 class DeepLabFamily:
@@ -35,9 +34,8 @@ class DeepLabFamily:
         self.needs_strong_view = self.method.needs_strong_view
 
     def build_model(self) -> nn.Module:
-        from ..models import build_model
-
-        model = build_model(self.name, self.num_classes, **self.config["model"])
+        model = build_checked(self.record.build_model, self.num_classes, f"method '{self.name}'",
+                              **self.config["model"])
         if not self.config["model"].get("freeze_bn", True):
             # BatchNorm trained from scratch: the caffe momentum 0.001 would leave the running
             # statistics used at test time near their initial values after a short run
@@ -45,10 +43,8 @@ class DeepLabFamily:
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.momentum = 0.1
         if self.config.get("init_weights"):
-            report = load_init_weights(model, self.config["init_weights"],
+            load_init_weights_reported(model, self.config["init_weights"],
                                        min_share=self.config.get("init_min_share", 0.0))
-            if is_main_process():
-                print(report.summary(), flush=True)
         return model
 
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
@@ -64,12 +60,7 @@ class DeepLabFamily:
         return torch.optim.SGD(groups, lr=self.config["lr"], momentum=self.config["momentum"])
 
     def lr_factor(self, iteration: int) -> float:
-        factor = stepped_poly_factor(iteration, self.config["iterations"],
-                                     self.config.get("lr_step", 10), self.config.get("lr_power", 0.9))
-        # demo only (the paper configs fine-tune a pretrained net and have none): heads trained
-        # from scratch at 10×/20× the lr blow up in the first steps without a linear warm-up
-        warmup = self.config.get("warmup_iter", 0)
-        return factor * min(1.0, iteration / warmup) if warmup else factor
+        return poly_factor_with_warmup(iteration, self.config, step_size=10)
 
     def training_loss(self, model: nn.Module, batch: dict, iteration: int):
         strong = batch.get("strong_image") if self.needs_strong_view else None

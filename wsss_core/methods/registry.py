@@ -1,27 +1,28 @@
 """The one registry of methods: everything the pipeline needs to know about a method, by name.
 
-A method module declares one `MethodRecord` next to its code and registers it with
-`register_method` (as timm's `register_model` does for a model and its default config). The
-config loader, the training set, inference, the CRF and the benchmark look the record up with
-`get_method(name)` instead of branching on method names, so adding a method is one module and
-one record.
+A leaf: it imports no method. A method module declares one `MethodRecord` next to its code and
+presets and registers it with `register_method` (as timm's `register_model` does for a model and
+its default config); `wsss_core.methods` imports the built-in modules, one line each, so any
+import of this module (which imports its package first) finds them registered. The pipeline
+and the benchmark look a record up with `get_method(name)` instead of branching on method
+names, so adding a method is one module and one import line.
 """
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from .errors import ConfigError
+from ..config_types import convert_fields
+from ..errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from .methods import TrainingMethod
+    from ..training.method import TrainingMethod
 
 LearnsFrom = Literal["pseudo_labels", "image_labels"]
 # a test-time logits function: (model, images (1, 3, H, W) normalised) -> (1, C, h, w)
@@ -33,7 +34,7 @@ class MethodRecord:
     """What one method is made of.
 
     - `create(name, num_classes, config)`: its adapter for the shared training loop (model
-      builder, optimiser, LR schedule, losses; see `wsss_core.methods.TrainingMethod`), from the
+      builder, optimiser, LR schedule, losses; see `wsss_core.training.method.TrainingMethod`), from the
       effective training configuration (preset merged with overrides);
     - `build_model(num_classes, **model_params)`: its network;
     - `learns_from`: "pseudo_labels" (per-pixel labels of the pseudo_labels stage) or
@@ -65,6 +66,9 @@ class MethodRecord:
     val_extras: Callable[..., dict] | None = None
     cam_model: Callable[[nn.Module], nn.Module] | None = None
     description: str = ""   # one line for people listing the methods
+    # the `pseudo_labels.source` whose classifier this method is (its CAMs become the pseudo
+    # labels: cam for `cams`, dupl for `dupl`); None: not a CAM source
+    cam_source: str | None = None
 
     @property
     def uses_pseudo_labels(self) -> bool:
@@ -72,10 +76,6 @@ class MethodRecord:
 
 
 _RECORDS: dict[str, MethodRecord] = {}
-# modules whose import registers the built-in methods (imported on first lookup)
-_BUILTIN_MODULES = ("wsss_core.methods.deeplab_family", "wsss_core.methods.dupl.record",
-                    "wsss_core.methods.cam_classifier")
-_loaded = False
 
 
 def register_method(record: MethodRecord) -> MethodRecord:
@@ -88,22 +88,20 @@ def unregister_method(name: str) -> None:
     _RECORDS.pop(name, None)
 
 
-def _load_builtins() -> None:
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        for module in _BUILTIN_MODULES:
-            importlib.import_module(module)
-
-
 def method_names() -> list[str]:
-    _load_builtins()
     return list(_RECORDS)
+
+
+def cam_source_method(source: str) -> MethodRecord:
+    """The method that trains the classifier of CAM pseudo-label source `source`."""
+    for record in _RECORDS.values():
+        if record.cam_source == source:
+            return record
+    raise ConfigError(f"params.yaml: pseudo_labels.source: no method makes CAMs for '{source}'")
 
 
 def get_method(name: str, key: str = "method") -> MethodRecord:
     """The record of `name`; an unknown name is a ConfigError naming the params `key`."""
-    _load_builtins()
     if name not in _RECORDS:
         raise ConfigError(f"params.yaml: {key}: unknown method '{name}' (allowed: "
                           f"{', '.join(sorted(_RECORDS))})")
@@ -114,11 +112,15 @@ def method_options(record: MethodRecord, options: Mapping[str, Any], factory=Non
     """`train.method_options` as the method's options dataclass: every key must be a field and
     every value of the field's type (one-line ConfigError naming `train.method_options.<key>`);
     `factory` (e.g. a dataset's defaults) builds the object instead of the class itself."""
-    from .config import convert_fields
+    return parse_options(record.options, record.name, options, factory)
 
-    values = convert_fields(record.options, dict(options), "train.method_options",
-                            owner=f"method '{record.name}'")
+
+def parse_options(options_class: type, method: str, options: Mapping[str, Any], factory=None):
+    """`method_options` for a method's own code, which holds its options class but not its
+    record (the record is made from that code)."""
+    values = convert_fields(options_class, dict(options), "train.method_options",
+                            owner=f"method '{method}'")
     try:
-        return (factory or record.options)(**values)
+        return (factory or options_class)(**values)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"params.yaml: train.method_options: {exc}") from None

@@ -7,19 +7,26 @@ import math
 import pytest
 import yaml
 
-from tests.conftest import copy_repo
-from tests.test_pipeline import dvc, ran, sh
-from wsss_core.config import load_params
-from wsss_core.errors import ConfigError, DataError
-from wsss_core.io import write_json
-from wsss_core.robustness import cell_name, cell_result_path, check_labels, two_stage_method
-from wsss_core.robustness_report import (
+from robustness import cells
+from robustness.cells import (
+    BenchmarkPaths,
+    cell_name,
+    cell_result_path,
+    check_labels,
+    two_stage_method,
+)
+from robustness.config import BenchmarkParams, load_benchmark_params
+from robustness.report import (
     benchmark_wall_time,
     headline_metrics,
     image_labels_csv,
     noise_csv,
     summarize,
 )
+from tests.conftest import REPO, copy_repo
+from tests.test_pipeline import dvc, ran, sh
+from wsss_core.errors import ConfigError, DataError
+from wsss_core.io import write_json
 
 
 def _cell(method, labels, seed, miou, miou_crf, val_crf=0.5):
@@ -97,20 +104,66 @@ def test_cell_names_match_the_dvc_matrix_outputs():
         check_labels("noisy")
 
 
-def test_two_stage_method_is_the_best_on_val_of_the_cam_label_cells(tmp_path, monkeypatch):
-    params = load_params()
-    grid = params.benchmark
-    grid.pseudo_label_methods, grid.seeds, grid.two_stage_method = ["baseline", "cdl_b"], [0, 1], "best"
-    monkeypatch.chdir(tmp_path)
+def test_two_stage_method_is_the_best_on_val_of_the_cam_label_cells(tmp_path):
+    grid = load_benchmark_params(REPO / "robustness/params.yaml", overrides={"benchmark.pseudo_label_methods": ["baseline", "cdl_b"],
+                                            "benchmark.seeds": [0, 1],
+                                            "benchmark.two_stage_method": "best"})
+    where = BenchmarkPaths(results=tmp_path / "results")   # the results root is an argument
     with pytest.raises(DataError, match="cams/baseline/seed0.json: not found"):
-        two_stage_method(params)
+        two_stage_method(grid, where)
     # baseline: mean val 0.55, test 0.9; cdl_b: mean val 0.60, test 0.1 → cdl_b (val decides)
     for method, seed, val, test in (("baseline", 0, 0.5, 0.9), ("baseline", 1, 0.6, 0.9),
                                     ("cdl_b", 0, 0.7, 0.1), ("cdl_b", 1, 0.5, 0.1)):
-        write_json(cell_result_path(method, "cams", seed), {"val_miou_crf": val, "miou_crf": test})
-    assert two_stage_method(params) == "cdl_b"
+        write_json(cell_result_path(method, "cams", seed, where), {"val_miou_crf": val, "miou_crf": test})
+    assert cell_result_path("cdl_b", "cams", 1, where) == tmp_path / "results/cams/cdl_b/seed1.json"
+    assert two_stage_method(grid, where) == "cdl_b"
     grid.two_stage_method = "baseline"
-    assert two_stage_method(params) == "baseline"
+    assert two_stage_method(grid, where) == "baseline"
+
+
+def test_cells_and_label_sets_run_with_the_benchmarks_thread_counts(tmp_path, monkeypatch):
+    # the thread budgets are arguments of the pipeline functions (no environment variable):
+    # each cell's training and inference get benchmark.threads, the CAM label sets' classifier
+    # and CAMs benchmark.source_threads
+    calls = []
+
+    def record(name, result=None):
+        def fake(params, paths, *args, threads="not passed", **kwargs):
+            calls.append((name, threads))
+            if name == "train_cam_classifier":
+                paths.classifier.mkdir(parents=True)
+            if name == "score_pseudo_labels":
+                write_json(kwargs["out"], {"miou": 0.5})
+            return result
+        return fake
+
+    monkeypatch.setattr(cells, "run_training", record("run_training", {
+        "iterations": 1, "effective_batch": 2, "wall_time_s": 0.1}))
+    monkeypatch.setattr(cells, "run_inference", record("run_inference", {"miou": 0.4}))
+    monkeypatch.setattr(cells, "run_crf", record("run_crf", {"miou": 0.45}))
+    monkeypatch.setattr(cells, "train_cam_classifier", record("train_cam_classifier"))
+    monkeypatch.setattr(cells, "compute_cams", record("compute_cams"))
+    monkeypatch.setattr(cells, "publish_pseudo_labels", record("publish_pseudo_labels"))
+    monkeypatch.setattr(cells, "score_pseudo_labels", record("score_pseudo_labels"))
+    where = BenchmarkPaths(params=REPO / "params.yaml", root=tmp_path / "repo",
+                           pseudo_labels=tmp_path / "labels", work=tmp_path / "work",
+                           results=tmp_path / "results")
+    grid = BenchmarkParams(threads=3, source_threads=5)
+
+    report = cells.make_pseudo_labels("cams", grid, where)
+    assert report["miou"] == 0.5 and (tmp_path / "results/pseudo_labels/cams.json").is_file()
+    assert calls == [("train_cam_classifier", 5), ("compute_cams", 5),
+                     ("publish_pseudo_labels", "not passed"), ("score_pseudo_labels", "not passed")]
+    assert not (tmp_path / "work/labels-cams").exists()
+
+    calls.clear()
+    (tmp_path / "repo/data/prepared/synthetic").mkdir(parents=True)
+    (tmp_path / "labels/cams").mkdir(parents=True)
+    result = cells.run_cell("baseline", "cams", 0, grid, where)
+    assert calls == [("run_training", 3), ("run_inference", 3), ("run_inference", 3),
+                     ("run_crf", "not passed"), ("run_crf", "not passed")]
+    assert (result["miou"], result["miou_crf"]) == (0.4, 0.45)
+    assert cell_result_path("baseline", "cams", 0, where).is_file()
 
 
 @pytest.mark.slow
@@ -122,8 +175,10 @@ def test_tiny_benchmark_end_to_end(tmp_path):
     tiny = {"iterations": 2, "batch_size": 2, "crop": 40, "checkpoint_every": 2, "log_every": 1}
     params["train"].update(tiny)
     params["pseudo_labels"]["classifier"].update(tiny)
-    params["benchmark"].update({"noise_levels": [0.5], "seeds": [0]})
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    benchmark = yaml.safe_load((repo / "robustness/params.yaml").read_text())
+    benchmark["benchmark"].update({"noise_levels": [0.5], "seeds": [0]})
+    (repo / "robustness/params.yaml").write_text(yaml.safe_dump(benchmark, sort_keys=False))
     sh(repo, "git", "init", "-q")
     dvc(repo, "init", "-q")
     sh(repo, "git", "add", "-A")
@@ -159,8 +214,8 @@ def test_tiny_benchmark_end_to_end(tmp_path):
     assert not any((repo / "data/robustness/work").iterdir())  # finished cells leave no workspace
 
     # a second seed reruns only the stages whose cells change, its two seeds side by side
-    params["benchmark"].update({"seeds": [0, 1], "pseudo_label_methods": ["baseline"]})
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    benchmark["benchmark"].update({"seeds": [0, 1], "pseudo_label_methods": ["baseline"]})
+    (repo / "robustness/params.yaml").write_text(yaml.safe_dump(benchmark, sort_keys=False))
     again = ran(dvc(repo, "repro", "robustness/dvc.yaml"))
     assert again == {pipeline + s for s in ("run@baseline-0.5", "run_cams@baseline", "run_dupl_cams",
                                              "run_image_labels@dupl", "report")}
@@ -175,27 +230,23 @@ def test_tiny_benchmark_end_to_end(tmp_path):
 def test_a_stage_keeps_its_cells_workspaces_until_every_seed_has_finished(tmp_path, monkeypatch):
     # DVC clears a rerun stage's result files, so a finished cell must still have its final
     # checkpoint when an interrupted or failed stage runs again: only the stage's end removes it
-    from wsss_core import robustness
-
-    params = load_params()
-    params.benchmark.seeds, params.benchmark.jobs = [0, 1], 1
-    monkeypatch.setattr(robustness, "benchmark_params", lambda overrides=None: params)
-    monkeypatch.chdir(tmp_path)
+    grid = BenchmarkParams(seeds=[0, 1], jobs=1)
+    where = BenchmarkPaths(work=tmp_path / "work", results=tmp_path / "results")
     failing = {1}
 
-    def fake_cell(method, labels, seed):
-        workspace = robustness.WORK_DIR / cell_name(method, labels, seed)
+    def fake_cell(method, labels, seed, grid, where):
+        workspace = where.work / cell_name(method, labels, seed)
         workspace.mkdir(parents=True, exist_ok=True)
         (workspace / "checkpoint.pth").write_bytes(b"state")
         if seed in failing:
             raise RuntimeError(f"seed {seed} interrupted")
         return {"seed": seed}
 
-    monkeypatch.setattr(robustness, "run_cell", fake_cell)
+    monkeypatch.setattr(cells, "run_cell", fake_cell)
     with pytest.raises(RuntimeError, match="seed 1 interrupted"):
-        robustness.run_cells("baseline", "cams")
+        cells.run_cells("baseline", "cams", grid, where)
     for seed in (0, 1):
-        assert (tmp_path / robustness.WORK_DIR / f"baseline-cams-seed{seed}/checkpoint.pth").is_file()
+        assert (tmp_path / "work" / f"baseline-cams-seed{seed}/checkpoint.pth").is_file()
     failing.clear()
-    assert robustness.run_cells("baseline", "cams") == [{"seed": 0}, {"seed": 1}]
-    assert not any((tmp_path / robustness.WORK_DIR).iterdir())
+    assert cells.run_cells("baseline", "cams", grid, where) == [{"seed": 0}, {"seed": 1}]
+    assert not any((tmp_path / "work").iterdir())

@@ -1,4 +1,4 @@
-"""The prepare stage's work: make the configured dataset ready and describe it.
+"""Stage prepare_data: make the configured dataset ready and describe it.
 
 - synthetic: generate the embedded dataset in VOC layout;
 - voc12: check the user's VOC 2012 + SBD copy (every listed id has an image and GT of one size);
@@ -18,10 +18,14 @@ from joblib import Parallel, delayed
 
 from ..cli import progress
 from ..config import Params
+from ..data.classes import classes_in_label, read_class_labels, write_class_labels
+from ..data.coco import coco_image_ids, convert_coco
+from ..data.datasets import SYNTHETIC_FOLDER, Split, resolve_split, voc_layout_split
 from ..errors import DataError
 from ..io import atomic_dir, image_size, read_label, write_id_list, write_json
-from .classes import classes_in_label, read_class_labels, write_class_labels
-from .datasets import SYNTHETIC_FOLDER, Split, resolve_split, voc_layout_split
+from ..synthetic import generate_dataset
+from .paths import RunPaths
+from .resolve import resolve_run
 
 
 def _check_chunk(split: Split, ids: list[str], num_classes: int) -> dict[str, list[int]]:
@@ -47,8 +51,6 @@ def check_split(split: Split, num_classes: int, n_jobs: int = 1, chunk_size: int
 
 
 def _convert_coco_masks(params: Params) -> None:
-    from .coco import coco_image_ids, convert_coco
-
     cfg = params.data.coco14
     for split_name, annotation_file in (("train", cfg.train_annotations), ("val", cfg.val_annotations)):
         split = resolve_split(params, split_name)
@@ -69,8 +71,6 @@ def prepare_dataset(params: Params, out: Path) -> dict:
     out = Path(out)
     with atomic_dir(out) as tmp:
         if params.dataset == "synthetic":
-            from .synthetic import generate_dataset
-
             generated = generate_dataset(tmp / SYNTHETIC_FOLDER, params.data.synthetic)
             names = ("train", "val", "test") if params.data.synthetic.num_test else ("train", "val")
             splits = {name: voc_layout_split(tmp / SYNTHETIC_FOLDER, name, test_has_gt=True)
@@ -103,3 +103,10 @@ def prepare_dataset(params: Params, out: Path) -> dict:
         write_class_labels(tmp / "cls_labels.json", class_labels)
         write_json(tmp / "summary.json", summary)
     return summary
+
+
+def prepare_data(params: Params, paths: RunPaths) -> dict:
+    """The prepare stage: the dataset in `paths.prepared` (the configuration is checked first,
+    so a misspelt method fails before minutes of data preparation)."""
+    resolve_run(params)
+    return prepare_dataset(params, paths.prepared)

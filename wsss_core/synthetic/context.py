@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ...config import SyntheticData
-from ...io import IGNORE_INDEX, read_label
-from ..classes import VOC_CLASSES
+from ..data.classes import VOC_CLASSES
+from ..io import IGNORE_INDEX, read_label
 
 NUM_VOC_CLASSES = len(VOC_CLASSES)
 
@@ -54,22 +53,6 @@ def context_summary(per_image: list[np.ndarray], names: Mapping[int, str]) -> di
             "area_ratio": round(float(total[rows, c, 3].sum() / object_px), 4) if object_px else None,
         }
     return out
-
-
-def generator_context_statistics(cfg: SyntheticData, split: str = "train",
-                                 limit: int | None = None) -> dict:
-    """`context_summary` of the first `limit` (default all) samples of `split`, rendered in
-    memory (nothing written)."""
-    from .render import render_sample_with_context, split_sizes
-
-    n = split_sizes(cfg)[split] if limit is None else min(limit, split_sizes(cfg)[split])
-    per_image = []
-    for index in range(n):
-        _, label, context = render_sample_with_context(cfg, split, index)
-        if context is None:
-            context = np.zeros_like(label)
-        per_image.append(context_counts(label, context))
-    return context_summary(per_image, {c: VOC_CLASSES[c] for c in [0, *sorted(cfg.classes)]})
 
 
 # --------------------------------------------------------------------------- labels vs context

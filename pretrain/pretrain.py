@@ -1,8 +1,10 @@
-"""The stand-in for ImageNet pretraining (`dvc repro pretrain/dvc.yaml`, params `pretrain`).
+"""The pretraining's steps: render the classification set, train a CAM classifier per demo
+backbone on it, export and check its backbone (`dvc repro pretrain/dvc.yaml`; params `pretrain`
+of pretrain/params.yaml, `train.device` of params.yaml).
 
 The papers fine-tune ImageNet (or COCO) pretrained backbones; the CPU demo cannot download them,
 so this pipeline makes its own: a synthetic multi-label classification set disjoint from the
-demo data (`data.synthetic.classification`: all 20 VOC classes, another seed, image-level labels
+demo data (`pretrain.classification`: all 20 VOC classes, another seed, image-level labels
 only, distractor textures on the background), on which method `cam` (a CAM classifier) is
 trained through the one training loop with each demo backbone:
 
@@ -15,7 +17,8 @@ trained through the one training loop with each demo backbone:
 
 Each export is loaded back into the demo network it is for before it is published, and each
 classifier is scored on the held-out part of the set (mAP, label accuracy, exact match) in
-metrics/pretrain/<backbone>.json.
+metrics/pretrain/<backbone>.json. The folders and files (`DATA_DIR`, `MODEL_DIR`, `INIT_FILES`,
+`METRICS_DIR`) are the functions' defaults; a test passes its own.
 """
 from __future__ import annotations
 
@@ -26,21 +29,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cli import progress
-from .config import Params
-from .data.classes import multi_hot, read_class_labels
-from .data.datasets import voc_layout_split
-from .data.synthetic.classification import classification_config, generate_classification_set
-from .data.train_set import TrainSet
-from .data.transforms import to_bgr_mean_subtracted
-from .distributed import distributed
-from .errors import DataError, WsssError
-from .infer import file_digest
-from .io import read_image, save_torch, write_json
-from .methods import create_method
-from .models import load_init_weights, read_state_dict, unwrap
-from .registry import get_method
-from .train import images_stamp, train
+from wsss_core.cli import progress
+from wsss_core.config import VOC_NUM_CLASSES
+from wsss_core.data.classes import multi_hot, read_class_labels
+from wsss_core.data.datasets import voc_layout_split
+from wsss_core.data.train_set import TrainSet
+from wsss_core.data.transforms import to_bgr_mean_subtracted
+from wsss_core.distributed import distributed
+from wsss_core.errors import DataError, WsssError
+from wsss_core.infer import file_digest
+from wsss_core.io import read_image, save_torch, write_json
+from wsss_core.methods import create_method
+from wsss_core.methods.registry import get_method
+from wsss_core.metrics import mean_average_precision
+from wsss_core.models import load_init_weights, read_state_dict, unwrap
+from wsss_core.train import images_stamp, train
+
+from .classification import classification_config, generate_classification_set
+from .config import PretrainParams
 
 DATA_DIR = Path("data/pretrain")
 MODEL_DIR = Path("models/pretrain")
@@ -48,21 +54,18 @@ METRICS_DIR = Path("metrics/pretrain")
 INIT_FILES = {"resnet": Path("models/init/demo_resnet.pth"), "vit": Path("models/init/demo_vit.pth")}
 # the cam presets whose optimiser and augmentation the pretraining uses
 CAM_PRESET = {"resnet": "demo", "vit": "demo_vit"}
-NUM_CLASSES = 21
 
 
-def make_classification_set(params: Params, out: Path = DATA_DIR) -> dict:
-    """Render the classification set (params `pretrain`)."""
-    cfg = classification_config(params.pretrain)
-    return generate_classification_set(out, cfg, params.pretrain.distractors, params.pretrain.n_jobs)
+def make_classification_set(p: PretrainParams, out: Path = DATA_DIR) -> dict:
+    """Render the classification set (params `pretrain`) into `out`."""
+    return generate_classification_set(out, classification_config(p), p.distractors, p.n_jobs)
 
 
-def pretrain_config(params: Params, backbone: str) -> dict:
+def pretrain_config(p: PretrainParams, backbone: str) -> dict:
     """Effective training configuration of the `backbone` classifier: the cam preset with the
     run length, batch and crop of params `pretrain`, from scratch, seeded by `pretrain.seed`."""
     if backbone not in CAM_PRESET:
         raise WsssError(f"pretrain: unknown backbone '{backbone}' (allowed: {', '.join(CAM_PRESET)})")
-    p = params.pretrain
     config = copy.deepcopy(get_method("cam").presets[CAM_PRESET[backbone]])
     iterations = p.iterations_resnet if backbone == "resnet" else p.iterations_vit
     config.update(iterations=iterations, batch_size=p.batch_size, crop=p.crop, init_weights="",
@@ -84,14 +87,12 @@ def evaluate_classifier(model: torch.nn.Module, split, class_labels: dict[str, l
                         device: torch.device) -> dict:
     """Held-out figures of a multi-label classifier on whole images: mAP over classes, accuracy
     of the 20 per-class decisions (sigmoid > 0.5) and the share of images with all of them right."""
-    from .methods.cam_classifier import mean_average_precision
-
     net = unwrap(model).eval()
     scores, targets = [], []
     for image_id in progress(split.ids, "pretrain val"):
         image = torch.from_numpy(to_bgr_mean_subtracted(read_image(split.image_path(image_id))))
         scores.append(torch.sigmoid(net(image[None].to(device)))[0].cpu().numpy())
-        targets.append(multi_hot(class_labels[image_id], NUM_CLASSES))
+        targets.append(multi_hot(class_labels[image_id], VOC_NUM_CLASSES))
     scores, targets = np.stack(scores), np.stack(targets)
     decisions = (scores > 0.5) == (targets > 0.5)
     return {"val_map": round(float(mean_average_precision(scores, targets)), 4),
@@ -114,12 +115,13 @@ def check_init_file(path: Path, backbone: str) -> None:
     """Load `path` into the demo network it is for, as the demo presets do, or fail: resnet into
     the demo DeepLab (`load_init_weights`, every backbone key supplied), vit into the demo DuPL
     (`build_dupl_model(pretrained_path=...)`, strict)."""
-    from .models.vit_seg import build_dupl_model
-    from .presets import DEEPLAB_PRESETS, DUPL_PRESETS
+    from wsss_core.methods.deeplab.presets import DEEPLAB_PRESETS
+    from wsss_core.methods.dupl.presets import DUPL_PRESETS
+    from wsss_core.models.vit_seg import build_dupl_model
 
     if backbone == "resnet":
         preset = DEEPLAB_PRESETS["demo"]
-        method = create_method("baseline", NUM_CLASSES, {**preset, "init_weights": ""})
+        method = create_method("baseline", VOC_NUM_CLASSES, {**preset, "init_weights": ""})
         model = method.build_model()
         report = load_init_weights(model, path, min_share=preset["init_min_share"])
         backbone_missing = [k for k in report.missing if not k.startswith("base.aspp.")]
@@ -127,39 +129,38 @@ def check_init_file(path: Path, backbone: str) -> None:
             raise WsssError(f"{path}: does not cover the demo DeepLab's backbone (missing "
                             f"{backbone_missing[:3]}, unexpected {report.unexpected[:3]})")
     else:
-        build_dupl_model(NUM_CLASSES, pretrained_path=str(path), **DUPL_PRESETS["demo"]["model"])
+        build_dupl_model(VOC_NUM_CLASSES, pretrained_path=str(path), **DUPL_PRESETS["demo"]["model"])
 
 
-def pretrain_backbone(params: Params, backbone: str, data: Path = DATA_DIR,
+def pretrain_backbone(p: PretrainParams, backbone: str, data: Path = DATA_DIR,
                       model_dir: Path | None = None, init_file: Path | None = None,
-                      metrics_dir: Path = METRICS_DIR) -> dict:
+                      metrics_dir: Path = METRICS_DIR, device: str = "auto") -> dict:
     """Train the `backbone` CAM classifier on the classification set in `data` (resuming its
-    checkpoints in `model_dir`), score it on the held-out split, export and check its backbone
-    (`init_file`) and write metrics/pretrain/<backbone>.json; returns that report."""
+    checkpoints in `model_dir`, default models/pretrain/<backbone>) on `device` (params.yaml's
+    `train.device`) with `p.threads` CPU threads, score it on the held-out split, export and
+    check its backbone (`init_file`, default models/init/demo_<backbone>.pth) and write
+    `metrics_dir`/<backbone>.json; returns that report."""
     model_dir = MODEL_DIR / backbone if model_dir is None else Path(model_dir)
     init_file = INIT_FILES[backbone] if init_file is None else Path(init_file)
-    config = pretrain_config(params, backbone)
+    config = pretrain_config(p, backbone)
     labels_file = data / "cls_labels.json"
     if not labels_file.is_file():
         raise DataError(labels_file, "classification set not found (run the pretrain data stage)")
     train_split, val_split = _split(data, "train"), _split(data, "val")
-    method = create_method("cam", NUM_CLASSES, config)
-    dataset = TrainSet(train_split, get_method("cam"), NUM_CLASSES, config, params.pretrain.seed,
-                       labels_file)
+    method = create_method("cam", VOC_NUM_CLASSES, config)
+    dataset = TrainSet(train_split, get_method("cam"), VOC_NUM_CLASSES, config, p.seed, labels_file)
     # a checkpoint is resumed only by the same configuration on the same images (the labels
     # stay the same when pretrain.context or part_focus redraws them)
     identity = {**config, "labels_digest": file_digest(labels_file),
                 "images_stamp": images_stamp([train_split.image_path(i) for i in train_split.ids])}
     started = time.process_time()
-    with distributed(params.train.device) as ctx:
-        if ctx.device.type == "cpu":
-            torch.set_num_threads(params.pretrain.threads)
+    with distributed(device, p.threads) as ctx:
         summary = train(method, dataset, ctx, identity, model_dir)
         model = method.build_model()
         model.load_state_dict(torch.load(model_dir / "model.pth", map_location="cpu",
                                          weights_only=True))
         scores = evaluate_classifier(model.to(ctx.device), val_split,
-                                     read_class_labels(labels_file, NUM_CLASSES), ctx.device)
+                                     read_class_labels(labels_file, VOC_NUM_CLASSES), ctx.device)
     save_torch(backbone_state(model.cpu(), backbone), init_file)
     try:
         check_init_file(init_file, backbone)
@@ -175,7 +176,7 @@ def pretrain_backbone(params: Params, backbone: str, data: Path = DATA_DIR,
         "train_images": len(train_split.ids),
         "train_time_s": summary["wall_time_s"],
         "process_cpu_time_s": round(time.process_time() - started, 1),
-        "threads": params.pretrain.threads,
+        "threads": p.threads,
         "final_loss": round(float(summary["final_losses"]["loss"]), 4),
         **scores,
         "init_file": str(init_file),

@@ -1,5 +1,6 @@
-"""The benchmark's report: its cells (wsss_core.robustness) → metrics/benchmark.json, a CSV per
-regime for `dvc plots`, a PNG, and a few headline metric files.
+"""The benchmark's report (stage `report` of robustness/dvc.yaml): its cells (robustness.cells)
+→ metrics/benchmark.json, a CSV per regime for `dvc plots`, a PNG, and a few headline metric
+files (`ReportFiles`).
 
 metrics/benchmark.json, fractions in [0, 1], test split (val where named):
 
@@ -17,27 +18,41 @@ metrics/benchmark.json, fractions in [0, 1], test split (val where named):
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DataError
-from .io import atomic_path, read_json, write_json, write_text
-from .robustness import (
+from wsss_core.errors import DataError
+from wsss_core.io import atomic_path, read_json, write_json, write_text
+
+from .cells import (
+    DEFAULT_PATHS,
     IMAGE_LABEL_SETS,
-    benchmark_params,
+    BenchmarkPaths,
     cell_result_path,
     group_dir,
+    load_grid,
     noise_labels,
     pseudo_label_scores,
     two_stage_method,
 )
+from .config import BenchmarkParams
 
-BENCHMARK_JSON = Path("metrics/benchmark.json")
-BENCHMARK_CSV = Path("metrics/benchmark.csv")          # image-level regime, one row per pipeline
-BENCHMARK_NOISE_CSV = Path("metrics/benchmark_noise.csv")  # controlled regime, one row per level
-# the benchmark's metric: one small file per pipeline of the image-level regime, with the keys
-# of the demo's metric files, so `dvc metrics show` adds rows, not columns
-BENCHMARK_METRICS_DIR = Path("metrics/benchmark")
-BENCHMARK_PLOT = Path("metrics/plots/benchmark.png")
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """What the report writes (relative to the working directory, the repository root in the
+    DVC stage)."""
+
+    json: Path = Path("metrics/benchmark.json")
+    csv: Path = Path("metrics/benchmark.csv")                # image-level regime, a row per pipeline
+    noise_csv: Path = Path("metrics/benchmark_noise.csv")    # controlled regime, a row per level
+    # the benchmark's metric: one small file per pipeline of the image-level regime, with the keys
+    # of the demo's metric files, so `dvc metrics show` adds rows, not columns
+    metrics_dir: Path = Path("metrics/benchmark")
+    plot: Path = Path("metrics/plots/benchmark.png")
+
+
+DEFAULT_FILES = ReportFiles()
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -80,13 +95,14 @@ def summarize(cells: list[dict], pseudo_miou: dict[str, float]) -> dict:
     return {"split": "test", "regimes": {"image_labels": image, "simulated_noise": noise}}
 
 
-def benchmark_wall_time(cells: list[dict], pseudo_seconds: dict[str, float]) -> dict:
+def benchmark_wall_time(cells: list[dict], pseudo_seconds: dict[str, float],
+                        where: BenchmarkPaths = DEFAULT_PATHS) -> dict:
     """Seconds spent: the cells' sum, the run stages' wall time (side-by-side cells of one stage
     overlap, so a stage lasts from its first cell's start to its last cell's end), and the
     pseudo-label stages'."""
     spans: dict[str, list[float]] = {}
     for c in cells:
-        key = group_dir(c["method"], c["labels"]).as_posix()
+        key = group_dir(c["method"], c["labels"], where).as_posix()
         span = spans.setdefault(key, [c["started_at"], c["finished_at"]])
         span[0], span[1] = min(span[0], c["started_at"]), max(span[1], c["finished_at"])
     stages = {key: round(end - start, 1) for key, (start, end) in spans.items()}
@@ -199,32 +215,34 @@ def plot_benchmark(summary: dict, methods: list[str], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report() -> dict:
-    """Gather the cells of the configured benchmark into benchmark.json, the CSVs and the plot."""
-    grid = benchmark_params().benchmark
+def write_report(grid: BenchmarkParams | None = None, where: BenchmarkPaths = DEFAULT_PATHS,
+                 files: ReportFiles = DEFAULT_FILES) -> dict:
+    """Gather the cells of the benchmark (`grid`, default robustness/params.yaml; read from
+    `where`) into benchmark.json, the CSVs, the headline metric files and the plot (`files`)."""
+    grid = grid or load_grid(where)
     sets = [*IMAGE_LABEL_SETS, *(noise_labels(n) for n in grid.noise_levels)]
-    scores = {labels: read_json(pseudo_label_scores(labels)) for labels in sets}
+    scores = {labels: read_json(pseudo_label_scores(labels, where)) for labels in sets}
     pseudo = {labels: report["miou"] for labels, report in scores.items()}
-    two_stage = two_stage_method()
+    two_stage = two_stage_method(grid, where)
     wanted = [(m, "cams") for m in grid.pseudo_label_methods]
     wanted += [(two_stage, "dupl_cams")] + [(m, None) for m in grid.image_label_methods]
     wanted += [(m, noise_labels(n)) for n in grid.noise_levels for m in grid.pseudo_label_methods]
-    cells = [read_json(cell_result_path(method, labels, seed))
+    cells = [read_json(cell_result_path(method, labels, seed, where))
              for method, labels in wanted for seed in grid.seeds]
     for cell in cells:
         if cell["labels"] == "dupl_cams" and cell["method"] != two_stage:  # trained before a change
-            raise DataError(cell_result_path(two_stage, "dupl_cams", cell["seed"]),
+            raise DataError(cell_result_path(two_stage, "dupl_cams", cell["seed"], where),
                             f"trained {cell['method']}, but benchmark.two_stage_method picks "
                             f"{two_stage} now (rerun the run_dupl_cams stage)")
     summary = summarize(cells, pseudo)
     summary["two_stage_method"] = two_stage
     summary["wall_time_s"] = benchmark_wall_time(
-        cells, {labels: report.get("wall_time_s", 0.0) for labels, report in scores.items()})
-    write_json(BENCHMARK_JSON, summary)
+        cells, {labels: report.get("wall_time_s", 0.0) for labels, report in scores.items()}, where)
+    write_json(files.json, summary)
     for name, headline in headline_metrics(summary).items():
-        write_json(BENCHMARK_METRICS_DIR / f"{name}.json", headline)
-    write_text(BENCHMARK_CSV, image_labels_csv(summary))
-    write_text(BENCHMARK_NOISE_CSV, noise_csv(summary, grid.pseudo_label_methods))
-    plot_benchmark(summary, grid.pseudo_label_methods, BENCHMARK_PLOT)
+        write_json(files.metrics_dir / f"{name}.json", headline)
+    write_text(files.csv, image_labels_csv(summary))
+    write_text(files.noise_csv, noise_csv(summary, grid.pseudo_label_methods))
+    plot_benchmark(summary, grid.pseudo_label_methods, files.plot)
     return summary
 

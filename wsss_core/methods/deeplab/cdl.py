@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..distributed import global_sums, undo_gradient_averaging
-from ..errors import WsssError
-from ..io import IGNORE_INDEX
-from ..models import MscOutputs
-from ..precision import as_float, full_precision
+from ...distributed import global_sums, undo_gradient_averaging
+from ...errors import WsssError
+from ...io import IGNORE_INDEX
+from ...models import MscOutputs
+from ...precision import as_float, full_precision
 from .baseline import deeplab_param_groups, imagenet_ramp, resize_labels, segmentation_loss
 
 Variant = Literal["cdl_b", "cdl_e"]

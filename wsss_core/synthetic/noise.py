@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from ...config import NoiseTypes
-from ...errors import WsssError
-from ...io import IGNORE_INDEX, read_label, write_label
+from ..config import NoiseTypes
+from ..errors import WsssError
+from ..io import IGNORE_INDEX, read_label, write_label
 from .render import add_void_border, smooth_noise
 from .shapes import SIMILAR_CLASSES
 

@@ -8,22 +8,24 @@ import numpy as np
 import pytest
 import torch
 
-from wsss_core import pretrain
-from wsss_core.cli import user_error_message
-from wsss_core.config import Params, PretrainParams, SyntheticData, params_from_dict
-from wsss_core.data.classes import classes_in_label, read_class_labels
-from wsss_core.data.synthetic.classification import (
+from pretrain import pretrain as pretraining
+from pretrain.classification import (
     add_distractors,
     classification_config,
     generate_classification_set,
     render_classification_sample,
 )
-from wsss_core.data.synthetic.render import render_sample_with_context, split_ids
+from pretrain.config import PretrainParams
+from wsss_core.cli import user_error_message
+from wsss_core.config import VOC_NUM_CLASSES, SyntheticData, params_from_dict
+from wsss_core.data.classes import classes_in_label, read_class_labels
 from wsss_core.errors import DataError
 from wsss_core.methods import create_method
+from wsss_core.methods.deeplab.presets import DEEPLAB_PRESETS
+from wsss_core.methods.dupl.presets import DUPL_PRESETS
 from wsss_core.models import load_init_weights
 from wsss_core.models.vit_seg import build_dupl_model
-from wsss_core.presets import DEEPLAB_PRESETS, DUPL_PRESETS
+from wsss_core.synthetic.render import render_sample_with_context, split_ids
 
 TINY = PretrainParams(num_train=20, num_val=3, min_size=32, max_size=40, max_objects=2,
                       distractors=3, iterations_resnet=3, iterations_vit=3, batch_size=2, crop=32,
@@ -43,10 +45,10 @@ def test_classification_set_is_disjoint_labels_only_and_has_every_class(tmp_path
     assert ids["train"][0] == "cls_train_000000" and len(ids["val"]) == 3
     demo_ids = {i for names in split_ids(demo).values() for i in names}
     assert not demo_ids & {i for names in ids.values() for i in names}
-    labels = read_class_labels(root / "cls_labels.json", 21)
+    labels = read_class_labels(root / "cls_labels.json", VOC_NUM_CLASSES)
     for index, image_id in enumerate(ids["train"]):
         _, gt, _ = render_sample_with_context(cfg, "train", index)
-        assert labels[image_id] == classes_in_label(gt, 21)   # the objects' classes
+        assert labels[image_id] == classes_in_label(gt, VOC_NUM_CLASSES)   # the objects' classes
         # the generator cycles the first object's class: image i of train starts with i + 1
         assert (index + 1) % 20 + 1 in labels[image_id]
     assert set().union(*(labels[i] for i in ids["train"])) == set(range(1, 21))
@@ -62,7 +64,7 @@ def test_distractors_paint_the_background_only_and_keep_the_labels():
         plain, plain_classes = render_classification_sample(cfg, "train", index, 0)
         painted, classes = render_classification_sample(cfg, "train", index, 3)
         _, gt, _ = render_sample_with_context(cfg, "train", index)
-        assert classes == plain_classes == classes_in_label(gt, 21)
+        assert classes == plain_classes == classes_in_label(gt, VOC_NUM_CLASSES)
         assert np.array_equal(painted[gt != 0], plain[gt != 0])
         changed += int((painted != plain).any())
     assert changed >= 3
@@ -76,16 +78,16 @@ def test_distractors_paint_the_background_only_and_keep_the_labels():
 
 
 def _demo_classifier(backbone):
-    config = pretrain.pretrain_config(Params(), backbone)
-    return create_method("cam", 21, config).build_model()
+    config = pretraining.pretrain_config(PretrainParams(), backbone)
+    return create_method("cam", VOC_NUM_CLASSES, config).build_model()
 
 
 def test_exported_resnet_is_the_whole_backbone_of_the_demo_deeplab(tmp_path):
     path = tmp_path / "demo_resnet.pth"
     classifier = _demo_classifier("resnet")
-    torch.save(pretrain.backbone_state(classifier, "resnet"), path)
-    pretrain.check_init_file(path, "resnet")
-    deeplab = create_method("baseline", 21, {**DEEPLAB_PRESETS["demo"], "init_weights": ""}).build_model()
+    torch.save(pretraining.backbone_state(classifier, "resnet"), path)
+    pretraining.check_init_file(path, "resnet")
+    deeplab = create_method("baseline", VOC_NUM_CLASSES, {**DEEPLAB_PRESETS["demo"], "init_weights": ""}).build_model()
     report = load_init_weights(deeplab, path, min_share=DEEPLAB_PRESETS["demo"]["init_min_share"])
     assert report.missing == [f"base.aspp.c{i}.{p}" for i in range(4) for p in ("weight", "bias")]
     assert not report.unexpected
@@ -96,29 +98,29 @@ def test_exported_resnet_is_the_whole_backbone_of_the_demo_deeplab(tmp_path):
 def test_exported_vit_loads_strictly_into_the_demo_dupl(tmp_path):
     path = tmp_path / "demo_vit.pth"
     classifier = _demo_classifier("vit")
-    state = pretrain.backbone_state(classifier, "vit")
+    state = pretraining.backbone_state(classifier, "vit")
     assert not any(k.startswith("head.") for k in state)
     torch.save(state, path)
-    model = build_dupl_model(21, pretrained_path=str(path), **DUPL_PRESETS["demo"]["model"])
+    model = build_dupl_model(VOC_NUM_CLASSES, pretrained_path=str(path), **DUPL_PRESETS["demo"]["model"])
     for student in model.students:
         own = student.encoder.state_dict()
         assert all(torch.equal(own[k], v) for k, v in state.items())
     torch.save({**state, "blocks.9.extra": torch.zeros(1)}, path)
     with pytest.raises(Exception, match="unexpected keys"):
-        pretrain.check_init_file(path, "vit")
+        pretraining.check_init_file(path, "vit")
 
 
 @pytest.mark.parametrize("backbone", ["resnet", "vit"])
 def test_pretrain_backbone_trains_scores_and_exports(tmp_path, backbone):
-    params = dataclasses.replace(Params(), pretrain=TINY)
     data = tmp_path / "data"
-    pretrain.make_classification_set(params, data)
-    report = pretrain.pretrain_backbone(params, backbone, data, tmp_path / "model",
-                                        tmp_path / "init.pth", tmp_path / "metrics")
+    pretraining.make_classification_set(TINY, data)
+    report = pretraining.pretrain_backbone(TINY, backbone, data, tmp_path / "model",
+                                           tmp_path / "init.pth", tmp_path / "metrics", device="cpu")
     assert report["iterations"] == 3 and report["train_images"] == 20
+    assert report["threads"] == TINY.threads == 1                # passed to distributed()
     assert 0.0 <= report["val_map"] <= 1.0 and report["val_images"] == 3
     assert json.loads((tmp_path / "metrics" / f"{backbone}.json").read_text()) == report
-    pretrain.check_init_file(tmp_path / "init.pth", backbone)
+    pretraining.check_init_file(tmp_path / "init.pth", backbone)
 
 
 @pytest.mark.parametrize("method,init", [("baseline", None), ("cam", None),
@@ -126,21 +128,21 @@ def test_pretrain_backbone_trains_scores_and_exports(tmp_path, backbone):
 def test_missing_init_file_is_a_one_line_error_naming_it(tmp_path, method, init, monkeypatch):
     monkeypatch.chdir(tmp_path)   # no models/init/ here
     params = params_from_dict({"method": method, "train": {"init_weights": init}})
-    from wsss_core.presets import effective_train_config
+    from wsss_core.pipeline.resolve import effective_train_config
 
     config = effective_train_config(params)
     assert config["init_weights"].startswith("models/init/demo_")
     with pytest.raises(DataError) as caught:
-        create_method(method, 21, config).build_model()
+        create_method(method, VOC_NUM_CLASSES, config).build_model()
     assert user_error_message(caught.value).startswith(f"{config['init_weights']}: ")
 
 
 def test_empty_init_weights_trains_from_scratch(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    from wsss_core.presets import effective_train_config
+    from wsss_core.pipeline.resolve import effective_train_config
 
     for method in ("baseline", "dupl", "cam"):
         config = effective_train_config(params_from_dict({"method": method,
                                                           "train": {"init_weights": ""}}))
         assert config["init_weights"] == ""
-        create_method(method, 21, config).build_model()   # nothing is read
+        create_method(method, VOC_NUM_CLASSES, config).build_model()   # nothing is read

@@ -1,4 +1,4 @@
-"""The synthetic classification set of the pretraining pipeline (wsss_core.pretrain): the stand-in
+"""The synthetic classification set of the pretraining pipeline (pretrain.pretrain): the stand-in
 for ImageNet, disjoint from the demo segmentation data.
 
 Images are drawn by the demo generator (`render.render_sample_with_context`) with its class
@@ -16,19 +16,19 @@ prepare stage writes it), and `<root>/summary.json`. Ids are `cls_train_000000`,
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
 
-from ...config import PretrainParams, SyntheticData
-from ...io import atomic_dir, write_id_list, write_image, write_json
-from ..classes import VOC_CLASSES, classes_in_label, write_class_labels
-from .fields import hsv, smooth_noise
-from .render import _SPLIT_CODE, _polygon_mask, _texture, render_sample_with_context
-from .shapes import CLASS_STYLES, ellipse
+from wsss_core.config import VOC_NUM_CLASSES, SyntheticData
+from wsss_core.data.classes import VOC_CLASSES, classes_in_label, write_class_labels
+from wsss_core.io import atomic_dir, write_id_list, write_image, write_json
+from wsss_core.synthetic.fields import hsv, smooth_noise
+from wsss_core.synthetic.render import _SPLIT_CODE, _polygon_mask, _texture, render_sample_with_context
+from wsss_core.synthetic.shapes import CLASS_STYLES, ellipse
 
-NUM_VOC_CLASSES = 21
+from .config import PretrainParams
+
 SPLITS = {"train": "ImageSets/Segmentation/train_aug.txt", "val": "ImageSets/Segmentation/val.txt"}
 ID_PREFIX = "cls"
 # SeedSequence word of the distractors' RNG (the generator's own streams use 7 and 8)
@@ -105,7 +105,7 @@ def render_classification_sample(cfg: SyntheticData, split: str, index: int, dis
     """Image (with 0..`distractors` patches) and its foreground class ids; depends only on
     (cfg, split, index, distractors)."""
     image, label, _ = render_sample_with_context(cfg, split, index)
-    classes = classes_in_label(label, NUM_VOC_CLASSES)
+    classes = classes_in_label(label, VOC_NUM_CLASSES)
     if distractors:
         rng = _distractor_rng(cfg.seed, split, index)
         image = add_distractors(image, label == 0, rng, int(rng.integers(0, distractors + 1)))

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ...config import SyntheticData
-from ...errors import WsssError
-from ...io import IGNORE_INDEX, atomic_dir, write_id_list, write_image, write_label
-from ..classes import VOC_CLASSES
+from ..config import SyntheticData
+from ..data.classes import VOC_CLASSES
+from ..errors import WsssError
+from ..io import IGNORE_INDEX, atomic_dir, write_id_list, write_image, write_label
 from .context import context_counts, context_summary
 from .context_styles import paint_context
 from .fields import hsv as _hsv
@@ -321,3 +321,15 @@ def generate_dataset(out_root: Path, cfg: SyntheticData, n_jobs: int = 1) -> dic
     return summary
 
 
+def generator_context_statistics(cfg: SyntheticData, split: str = "train",
+                                 limit: int | None = None) -> dict:
+    """`context_summary` of the first `limit` (default all) samples of `split`, rendered in
+    memory (nothing written)."""
+    n = split_sizes(cfg)[split] if limit is None else min(limit, split_sizes(cfg)[split])
+    per_image = []
+    for index in range(n):
+        _, label, context = render_sample_with_context(cfg, split, index)
+        if context is None:
+            context = np.zeros_like(label)
+        per_image.append(context_counts(label, context))
+    return context_summary(per_image, {c: VOC_CLASSES[c] for c in [0, *sorted(cfg.classes)]})

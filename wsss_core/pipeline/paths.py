@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Params
+from ..config import Params
 
 
 @dataclass(frozen=True)

@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..distributed import global_sums, undo_gradient_averaging
-from ..io import IGNORE_INDEX
-from ..models import MscOutputs, unwrap
-from ..precision import as_float, full_precision
+from ...distributed import global_sums, undo_gradient_averaging
+from ...io import IGNORE_INDEX
+from ...models import MscOutputs, unwrap
+from ...precision import as_float, full_precision
 
 
 # --------------------------------------------------------------------------- labels
