@@ -19,7 +19,7 @@ from wsss_core.infer import MODEL_STAMP, file_digest
 from wsss_core.paths import RunPaths
 from wsss_core.pipeline import run_inference, run_training
 from wsss_core.presets import DEEPLAB_PRESETS
-from wsss_core.train import BEST_MODEL, LAST_MODEL, monitor_system, open_live, train
+from wsss_core.training import BEST_MODEL, LAST_MODEL, monitor_system, open_live, train
 
 CPU = Context(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 

@@ -37,7 +37,7 @@ from .models.checkpoints import load_trained_weights
 from .paths import RunPaths
 from .presets import effective_train_config
 from .registry import get_method
-from .train import BEST_MODEL, folder_digest, images_stamp, train
+from .training import BEST_MODEL, folder_digest, images_stamp, train
 
 
 def write_report(path: Path, report: dict) -> None:

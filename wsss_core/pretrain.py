@@ -40,7 +40,7 @@ from .io import read_image, save_torch, write_json
 from .methods import create_method
 from .models import load_init_weights, read_state_dict, unwrap
 from .registry import get_method
-from .train import images_stamp, train
+from .training import images_stamp, train
 
 DATA_DIR = Path("data/pretrain")
 MODEL_DIR = Path("models/pretrain")

@@ -33,13 +33,13 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from .cli import progress
-from .distributed import Context, all_reduce_sum, barrier, broadcast_object, gather_object
-from .errors import ConfigError, DataError, WsssError
-from .io import save_torch, write_text
-from .methods import TrainingMethod
-from .precision import autocast, grad_scaler
-from .schedules import set_lr_factor
+from ..cli import progress
+from ..distributed import Context, all_reduce_sum, barrier, broadcast_object, gather_object
+from ..errors import ConfigError, DataError, WsssError
+from ..io import save_torch, write_text
+from ..methods import TrainingMethod
+from ..precision import autocast, grad_scaler
+from ..schedules import set_lr_factor
 
 CHECKPOINT_GLOB = "checkpoint_*.pth"
 LAST_MODEL, BEST_MODEL = "model.pth", "model_best.pth"
