@@ -4,7 +4,7 @@ a bf16/fp16-vs-fp32 loss comparison.
 
     python benchmarks/gpu_check.py [--steps 10] [--loss-steps 50]
 
-Every step is the training loop's (`wsss_core.train`): the method's own `training_loss` (its
+Every step is the training loop's (`wsss_core.training`): the method's own `training_loss` (its
 losses, label correction, CAMs, GMM filter) under `wsss_core.precision.autocast`, backward and
 optimiser step through `precision.grad_scaler` (loss scaling for fp16). Rows: CDL-b's DeepLab v2
 ResNet-101 MSC at the CDL VOC config (crop 321, 5 images per micro-batch, MSC 0.5/0.75, frozen
@@ -70,7 +70,7 @@ def _dupl_step(savers: dict, device: str = "cuda") -> tuple:
 
 def _training_step(method, model, optimizer, scaler, batch: dict, iteration: int,
                    precision: str, device: str) -> float:
-    """One step of the training loop (wsss_core.train): autocast forward and float32 losses,
+    """One step of the training loop (wsss_core.training): autocast forward and float32 losses,
     scaled backward, unscale + clip, scaler step."""
     from wsss_core.precision import autocast
 

@@ -43,7 +43,7 @@ from wsss_core.methods import create_method
 from wsss_core.methods.registry import get_method
 from wsss_core.metrics import mean_average_precision
 from wsss_core.models import load_init_weights, read_state_dict, unwrap
-from wsss_core.train import images_stamp, train
+from wsss_core.training import images_stamp, train
 
 from .classification import classification_config, generate_classification_set
 from .config import PretrainParams

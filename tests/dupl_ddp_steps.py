@@ -1,4 +1,4 @@
-"""Two DuPL optimisation steps of the shared training loop (`wsss_core.train.train`) on a tiny
+"""Two DuPL optimisation steps of the shared training loop (`wsss_core.training.train`) on a tiny
 in-memory dataset; run by tests/test_train.py under torchrun with 1 and with 2 processes:
 
     python -m torch.distributed.run --nproc-per-node=N tests/dupl_ddp_steps.py OUT_DIR
@@ -27,7 +27,7 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from wsss_core.distributed import distributed
 from wsss_core.methods.dupl import DuplMethod
-from wsss_core.train import train
+from wsss_core.training import train
 
 NUM_CLASSES, SIZE, SEED, BATCH, STEPS = 21, 32, 0, 4, 2
 CONFIG = {

@@ -24,7 +24,7 @@ from wsss_core.methods.cam_classifier import (
 from wsss_core.methods.registry import get_method
 from wsss_core.models import load_init_weights
 from wsss_core.models.classifier import ImagenetInput
-from wsss_core.train import train
+from wsss_core.training import train
 
 TINY_RESNET = {"blocks": [1, 1, 1, 1], "width": 8}
 TINY_VIT = {"vit_name": "deit_tiny_patch16_224", "patch_size": 8, "depth": 1, "embed_dim": 32,

@@ -29,7 +29,7 @@ from torch.utils.data import Dataset, DistributedSampler
 from wsss_core.distributed import Context
 from wsss_core.methods.deeplab.family import DeepLabFamily
 from wsss_core.schedules import set_lr_factor
-from wsss_core.train import train
+from wsss_core.training import train
 
 NUM_CLASSES, SIZE, SEED, WORLD = 4, 32, 0, 2
 # tiny DeepLab v2, frozen BatchNorm: per-image outputs do not depend on how the batch is split

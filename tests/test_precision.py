@@ -28,7 +28,7 @@ from wsss_core.methods.dupl import method as dupl_method
 from wsss_core.methods.dupl.noise_filter import filter_noisy_labels
 from wsss_core.methods.registry import get_method
 from wsss_core.precision import autocast
-from wsss_core.train import train
+from wsss_core.training import train
 
 CPU = Context(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 FIRST_STEP_TOLERANCE, BF16_TOLERANCE = 0.01, 0.1
@@ -193,7 +193,7 @@ def test_fp16_grad_scaler_is_checkpointed_and_resumed(tmp_path, monkeypatch):
     convolutions are slow on the CPU): the scaler unscales before the clip, overflowing steps
     are skipped, its state is in the checkpoint, and an interrupted run resumes to the bytes of
     a whole one."""
-    import wsss_core.train as train_module
+    import wsss_core.training.loop as train_module
 
     scales: dict[str, list[float]] = {}
     current = []

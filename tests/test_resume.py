@@ -15,7 +15,8 @@ import torch
 from tests.conftest import REPO
 from tests.tiny_training import CHECKPOINT_EVERY, ITERATIONS, running
 from wsss_core.io import save_torch
-from wsss_core.train import _batches, truncate_curves
+from wsss_core.training import truncate_curves
+from wsss_core.training.loop import _batches
 
 # one thread per run: the same thread count gives the same floating-point sums
 ENV = {**os.environ, "WSSS_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
@@ -194,7 +195,7 @@ def test_checkpoint_loads_weights_only_and_holds_the_resume_position(tmp_path):
 def test_images_stamp_changes_when_the_images_are_redrawn(tmp_path):
     # the CAM classifier's labels (image-level) stay the same when the synthetic images are
     # redrawn with another appearance: the stamp of the images must tell the runs apart
-    from wsss_core.train import images_stamp
+    from wsss_core.training import images_stamp
 
     a, b = tmp_path / "a.jpg", tmp_path / "b.jpg"
     a.write_bytes(b"1234")

@@ -206,7 +206,7 @@ class _ToyMethod:
 @pytest.mark.parametrize("clip, expected", [(None, [3000.0, 4000.0]), (1.0, [0.6, 0.8])])
 def test_loop_clips_the_gradient_norm_when_configured(tmp_path, clip, expected):
     from wsss_core.distributed import Context
-    from wsss_core.train import train
+    from wsss_core.training import train
 
     config = {"iterations": 1, "batch_size": 2, "iter_size": 1, "num_workers": 0,
               "checkpoint_every": 1, "log_every": 1, "seed": 0, "grad_clip": clip}

@@ -20,7 +20,7 @@ from wsss_core.methods.deeplab.presets import DEEPLAB_PRESETS
 from wsss_core.pipeline.infer import run_inference
 from wsss_core.pipeline.paths import RunPaths
 from wsss_core.pipeline.train import run_training
-from wsss_core.train import BEST_MODEL, LAST_MODEL, monitor_system, open_live, train
+from wsss_core.training import BEST_MODEL, LAST_MODEL, monitor_system, open_live, train
 
 CPU = Context(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 

@@ -1,4 +1,4 @@
-"""Tiny real trainings of the shared loop (`wsss_core.train.train`) for the resume, orphan and
+"""Tiny real trainings of the shared loop (`wsss_core.training.train`) for the resume, orphan and
 side-by-side tests; importable, and runnable as the process those tests kill:
 
     python -m tests.tiny_training OUT_DIR METHOD [--hang-at N] [--num-workers K]   (repo root)
@@ -115,7 +115,7 @@ def toy_config(iterations: int) -> dict:
 def train_toy(out_dir: str, iterations: int) -> dict:
     """A toy training in this process (what a benchmark cell's worker does, in miniature)."""
     from wsss_core.distributed import Context
-    from wsss_core.train import train
+    from wsss_core.training import train
 
     ctx = Context(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     out = Path(out_dir)
@@ -143,7 +143,7 @@ def main() -> None:
     from wsss_core.distributed import distributed
     from wsss_core.methods import create_method
     from wsss_core.methods.registry import get_method
-    from wsss_core.train import train
+    from wsss_core.training import train
 
     if args.method == "toy":
         method, dataset, config = ToyMethod(), ToySet(), dict(_COMMON)

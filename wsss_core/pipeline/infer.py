@@ -15,7 +15,7 @@ from ..infer import file_digest, infer_logits, prepare_output
 from ..io import atomic_dir, read_json
 from ..metrics import scores_report
 from ..models.checkpoints import load_trained_weights
-from ..train import BEST_MODEL
+from ..training import BEST_MODEL
 from .paths import RunPaths
 from .reports import write_report, write_unscored
 from .resolve import resolve_run

@@ -10,7 +10,7 @@ from ..distributed import distributed
 from ..errors import DataError
 from ..infer import file_digest, score_split, single_scale
 from ..io import write_json
-from ..train import folder_digest, images_stamp, train
+from ..training import folder_digest, images_stamp, train
 from .paths import RunPaths
 from .resolve import ResolvedRun, resolve_run
 

@@ -194,7 +194,7 @@ def param_groups(model: nn.Module, base_lr: float = 6e-5, weight_decay: float = 
 
 
 class DuplMethod:
-    """DuPL as a plug-in of the shared training loop (`wsss_core.methods.TrainingMethod`).
+    """DuPL as a plug-in of the shared training loop (`wsss_core.training.TrainingMethod`).
 
     `config` is the effective training configuration: `iterations`, `lr`, `weight_decay`,
     `warmup_iter`, `warmup_ratio`, `lr_power`, `crop`, `model` (kwargs of `build_dupl_model`),
