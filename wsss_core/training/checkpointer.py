@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -162,10 +161,10 @@ class Checkpointer:
 
     def save(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
              scaler: torch.amp.GradScaler, *, iteration: int, epoch: int, position: int,
-             log_sums: dict[str, float], log_count: int, train_time: Callable[[], float],
+             log_sums: dict[str, float], log_count: int, train_time_s: float,
              last_terms: dict[str, float], best: dict | None) -> None:
         """Write `checkpoint_<iteration>.pth` and delete the older ones (every rank calls it);
-        `train_time()`: the run's training time so far, read as the checkpoint is written."""
+        `train_time_s`: the run's training time so far."""
         # every process's own state (its generators, its share of the log sums) goes to rank 0,
         # which writes the one checkpoint
         processes = gather_object({"rng": rng_state(self.ctx.device), "log_sums": log_sums,
@@ -175,7 +174,7 @@ class Checkpointer:
             save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "iteration": iteration, "epoch": epoch, "position": position,
                         "processes": processes, "fingerprint": self.run_id,
-                        "train_time_s": train_time(), "last_terms": last_terms, "best": best,
+                        "train_time_s": train_time_s, "last_terms": last_terms, "best": best,
                         **({"scaler": scaler.state_dict()} if scaler.is_enabled() else {}),
                         "config": json.loads(json.dumps(self.config, default=str))}, path)
             for old in self.folder.glob(CHECKPOINT_GLOB):

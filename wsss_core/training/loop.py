@@ -96,9 +96,9 @@ def train(method: TrainingMethod, dataset, ctx: Context, config: dict, out_dir: 
     if resumed.rng is not None:  # last: building the model, the optimiser and DDP draws from them
         set_rng_state(resumed.rng, ctx.device)
 
-    def train_time() -> float:  # the whole run's, earlier interrupted runs' included
-        return resumed.train_time_s + time.time() - started
-
+    # the whole run's training time (earlier interrupted runs' included) as of its last
+    # checkpoint: a finished run and a rerun of it that has nothing left to train report the same
+    elapsed = resumed.train_time_s
     try:
         started = time.time()
         model.train()  # MSC.train() keeps BatchNorm frozen where the preset says so
@@ -117,10 +117,10 @@ def train(method: TrainingMethod, dataset, ctx: Context, config: dict, out_dir: 
             if val_every and (iteration % val_every == 0 or iteration == iterations):
                 best = _validate(model, validate, iteration, best, live, checkpointer)
             if iteration % config["checkpoint_every"] == 0 or iteration == iterations:
+                elapsed = resumed.train_time_s + time.time() - started
                 checkpointer.save(model, optimizer, scaler, iteration=iteration, epoch=epoch,
                                   position=position, log_sums=sums, log_count=count,
-                                  train_time=train_time,
-                                  last_terms=last_terms, best=best)
+                                  train_time_s=elapsed, last_terms=last_terms, best=best)
     finally:
         end_system_monitor(live)
 
@@ -134,7 +134,7 @@ def train(method: TrainingMethod, dataset, ctx: Context, config: dict, out_dir: 
         "iter_size": iter_size,
         "effective_batch": config["batch_size"] * iter_size,
         "device": ctx.device.type,
-        "wall_time_s": round(train_time(), 1),
+        "wall_time_s": round(elapsed, 1),
         "final_losses": last_terms,
     }
     if best is not None:
