@@ -158,6 +158,7 @@ def test_three_iterations_of_the_training_loop(tmp_path, backbone, model):
         k == "classifier.weight" or k.startswith(prefix) for k in state)
 
 
+@pytest.mark.slow
 def test_cam_only_baseline_through_train_infer_and_crf(tmp_path):
     import dataclasses
 

@@ -27,6 +27,7 @@ def repo(tmp_path):
     return repo
 
 
+@pytest.mark.slow
 def test_data_stages_on_voc_layout(repo):
     run_script(repo, "stages/prepare_data.py", check=True)
     cls = json.loads((repo / "data/prepared/voc12/cls_labels.json").read_text())
@@ -54,16 +55,19 @@ def _rgb_gt(repo):
 @pytest.mark.parametrize(
     "breakage, message",
     [
-        (lambda r: _corrupt_jpeg(r), "JPEGImages/t2.jpg: cannot read image header"),
-        (lambda r: _rgb_gt(r), "SegmentationClassAug/t2.png: label has mode RGB"),
+        pytest.param(lambda r: _corrupt_jpeg(r), "JPEGImages/t2.jpg: cannot read image header", marks=pytest.mark.slow),
+        pytest.param(lambda r: _rgb_gt(r), "SegmentationClassAug/t2.png: label has mode RGB", marks=pytest.mark.slow),
         (lambda r: (r / "voc/VOC2012/SegmentationClassAug/t3.png").unlink(), "SegmentationClassAug/t3.png: file not found"),
-        (lambda r: (r / "voc/VOC2012/JPEGImages/v1.jpg").unlink(), "JPEGImages/v1.jpg: file not found"),
-        (lambda r: (r / "voc/VOC2012/ImageSets/Segmentation/val.txt").write_text(""), "val.txt: list is empty"),
-        (lambda r: write_label(r / "voc/VOC2012/SegmentationClassAug/t1.png", np.zeros((21, 24), np.uint8)),
-         "t1.png: label size 24x21 .* differs from the image's 24x20"),
-        (lambda r: write_label(r / "voc/VOC2012/SegmentationClassAug/t1.png", np.full((20, 24), 99, np.uint8)),
-         r"t1.png: label values \[99\] out of range"),
-        (lambda r: set_param(r, "method", "deeplab"), r"method: unknown method 'deeplab' \(allowed: baseline, cam, cdl_b, cdl_e, dupl\)"),
+        pytest.param(lambda r: (r / "voc/VOC2012/JPEGImages/v1.jpg").unlink(), "JPEGImages/v1.jpg: file not found",
+                     marks=pytest.mark.slow),
+        pytest.param(lambda r: (r / "voc/VOC2012/ImageSets/Segmentation/val.txt").write_text(""), "val.txt: list is empty",
+                     marks=pytest.mark.slow),
+        pytest.param(lambda r: write_label(r / "voc/VOC2012/SegmentationClassAug/t1.png", np.zeros((21, 24), np.uint8)),
+                     "t1.png: label size 24x21 .* differs from the image's 24x20", marks=pytest.mark.slow),
+        pytest.param(lambda r: write_label(r / "voc/VOC2012/SegmentationClassAug/t1.png", np.full((20, 24), 99, np.uint8)),
+                     r"t1.png: label values \[99\] out of range", marks=pytest.mark.slow),
+        pytest.param(lambda r: set_param(r, "method", "deeplab"),
+                     r"method: unknown method 'deeplab' \(allowed: baseline, cam, cdl_b, cdl_e, dupl\)", marks=pytest.mark.slow),
         (lambda r: set_param(r, "dataset", "cityscapes"), "dataset: expected one of 'synthetic', 'voc12', 'coco14'"),
         (lambda r: set_param(r, "data.voc12.rooot", "x"), "unknown key 'data.voc12.rooot'"),
     ],
@@ -80,6 +84,7 @@ def test_prepare_bad_input_is_one_line_error(repo, breakage, message):
     assert not prepared.exists() or list(prepared.iterdir()) == []  # no partial or temporary output
 
 
+@pytest.mark.slow
 def test_failed_ingestion_keeps_published_labels(repo):
     run_script(repo, "stages/prepare_data.py", check=True)
     run_script(repo, "stages/pseudo_labels.py", check=True)
@@ -108,6 +113,7 @@ def test_infer_test_split_then_export(repo):
     assert pngs == ["s1.png", "s2.png"] and (repo / "results/voc2012_test_baseline.tar.gz").is_file()
 
 
+@pytest.mark.slow
 def test_bad_method_option_is_reported_before_missing_data(tmp_path):
     """The configuration is validated before any data is read: with no prepared data at all, a
     mistyped CDL option is the error, named by its real key."""

@@ -16,8 +16,6 @@ import yaml
 from tests.conftest import copy_repo, make_voc_dataset, repo_env, run_script
 from wsss_core.io import write_label
 
-pytestmark = pytest.mark.slow
-
 
 def torchrun(repo: Path, nproc: int | None, *, wait=True, script="stages/train.py", args=()):
     """Run the train stage (or another `script`) under torchrun with `nproc` processes (None:
@@ -72,6 +70,7 @@ def _losses(repo):
     return _curve(repo / "metrics/train")
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process(repo):
     torchrun(repo, 1)
     one = _losses(repo)
@@ -94,6 +93,7 @@ def test_two_processes_equal_one_process(repo):
 DUPL_STEPS = Path(__file__).with_name("dupl_ddp_steps.py")
 
 
+@pytest.mark.slow
 def test_dupl_two_processes_equal_one_process(tmp_path):
     """Two DuPL steps of the training loop, the second with the cross segmentation loss, on the
     same global batch of 4: 2 gloo processes × 2 images give the losses and weights of 1 × 4.
@@ -120,6 +120,7 @@ def test_dupl_two_processes_equal_one_process(tmp_path):
         assert torch.allclose(weights_one[key].float(), weights_two[key].float(), atol=1e-5), key
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_from_checkpoint(repo):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["train"].update(iterations=40, checkpoint_every=5, log_every=5, lr=0.001)
@@ -146,6 +147,7 @@ def test_killed_run_resumes_from_checkpoint(repo):
     assert steps[-1] == 40
 
 
+@pytest.mark.slow
 def test_rerun_of_a_finished_run_reports_the_whole_run(repo):
     # `dvc repro -f` on a finished run resumes at its last iteration: nothing left to train, but
     # the summary must still carry the run's training time and last losses, not 0 s and {}
@@ -159,6 +161,7 @@ def test_rerun_of_a_finished_run_reports_the_whole_run(repo):
     assert again["final_losses"] == first["final_losses"] and first["final_losses"]["loss"] > 0
 
 
+@pytest.mark.slow
 def test_changed_configuration_does_not_resume(repo):
     torchrun(repo, 1)
     params = yaml.safe_load((repo / "params.yaml").read_text())
