@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from wsss_core.config import load_params, params_from_dict
+from wsss_core.config import NUM_CLASSES, VOC_NUM_CLASSES, load_params, params_from_dict
+from wsss_core.data.classes import DATASET_CLASSES
 from wsss_core.errors import ConfigError
 from wsss_core.pipeline.resolve import resolve_run
 
@@ -42,6 +43,12 @@ def test_invalid_params_are_one_line_errors(raw, message):
         params_from_dict(raw)
     text = str(info.value)
     assert message in text and "\n" not in text
+
+
+def test_class_counts_are_those_of_the_class_names():
+    # the configuration's counts (no import of the data layer) and the names the reports use
+    assert {name: len(names) for name, names in DATASET_CLASSES.items()} == NUM_CLASSES
+    assert NUM_CLASSES["voc12"] == VOC_NUM_CLASSES == 21 and NUM_CLASSES["coco14"] == 81
 
 
 def test_an_unknown_method_fails_when_a_stage_resolves_its_run():

@@ -5,7 +5,7 @@ background looks like, `render` draws images and writes the dataset in VOC layou
 (`generate_dataset`), `context` measures context in the data and in labels, `noise` turns GT
 maps into CAM-like pseudo labels (`write_noisy_pseudo_labels`). Everything is seeded: the same config gives byte-identical files.
 """
-from .noise import NUM_VOC_CLASSES, corrupt_label, noisy_pseudo_label, write_noisy_pseudo_labels
+from .noise import corrupt_label, noisy_pseudo_label, write_noisy_pseudo_labels
 from .render import (
     CONTEXT_FOLDER,
     SPLIT_LISTS,
@@ -24,7 +24,6 @@ from .shapes import CLASS_STYLES, SIMILAR_CLASSES, ClassStyle
 __all__ = [
     "CLASS_STYLES",
     "CONTEXT_FOLDER",
-    "NUM_VOC_CLASSES",
     "SIMILAR_CLASSES",
     "SPLIT_LISTS",
     "SPLIT_PREFIX",

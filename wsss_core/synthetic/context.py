@@ -13,10 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.classes import VOC_CLASSES
+from ..config import VOC_NUM_CLASSES
 from ..io import IGNORE_INDEX, read_label
-
-NUM_VOC_CLASSES = len(VOC_CLASSES)
 
 
 # --------------------------------------------------------------------------- the generator
@@ -24,9 +22,9 @@ def context_counts(label: np.ndarray, context: np.ndarray | None) -> np.ndarray 
     """Per class (rows 0..20): [in the image, has context, GT pixels, context pixels]."""
     if context is None:
         return None
-    counts = np.zeros((NUM_VOC_CLASSES, 4), np.int64)
-    gt_pixels = np.bincount(label.reshape(-1), minlength=256)[:NUM_VOC_CLASSES]
-    ctx_pixels = np.bincount(context.reshape(-1), minlength=NUM_VOC_CLASSES)[:NUM_VOC_CLASSES]
+    counts = np.zeros((VOC_NUM_CLASSES, 4), np.int64)
+    gt_pixels = np.bincount(label.reshape(-1), minlength=256)[:VOC_NUM_CLASSES]
+    ctx_pixels = np.bincount(context.reshape(-1), minlength=VOC_NUM_CLASSES)[:VOC_NUM_CLASSES]
     counts[:, 0] = gt_pixels > 0
     counts[:, 1] = (gt_pixels > 0) & (ctx_pixels > 0)
     counts[:, 2] = gt_pixels

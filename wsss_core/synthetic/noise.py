@@ -12,13 +12,11 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from ..config import NoiseTypes
+from ..config import VOC_NUM_CLASSES, NoiseTypes
 from ..errors import WsssError
 from ..io import IGNORE_INDEX, read_label, write_label
 from .render import add_void_border, smooth_noise
 from .shapes import SIMILAR_CLASSES
-
-NUM_VOC_CLASSES = 21
 
 # Strength constants, calibrated so that noise 0.5 with all knobs at 1 gives a pseudo-label mIoU
 # of about 0.70 on the default dataset (as scored by the evaluate_pseudo_labels stage).
@@ -190,7 +188,7 @@ def noisy_pseudo_label(gt: np.ndarray, image_id: str, noise: float, types: Noise
 
 
 def _write_noisy(gt_dir: Path, out_dir: Path, image_id: str, noise, types, seed, class_ids):
-    gt = read_label(Path(gt_dir) / f"{image_id}.png", num_classes=NUM_VOC_CLASSES)
+    gt = read_label(Path(gt_dir) / f"{image_id}.png", num_classes=VOC_NUM_CLASSES)
     write_label(Path(out_dir) / f"{image_id}.png",
                 noisy_pseudo_label(gt, image_id, noise, types, seed, class_ids))
 
