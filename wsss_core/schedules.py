@@ -6,7 +6,7 @@ optimiser step): iterations 1..10 use the base lr, 11..20 the factor of k = 10, 
 stops changing after `max_iter`.
 
 Param groups carry their undecayed lr as ``initial_lr`` (see
-`methods.baseline.deeplab_param_groups`); `set_lr_factor` multiplies it by a schedule factor.
+`methods.deeplab.baseline.deeplab_param_groups`); `set_lr_factor` multiplies it by a schedule factor.
 """
 from __future__ import annotations
 
