@@ -13,6 +13,7 @@ from wsss_core.config import load_params
 from wsss_core.crf import export_voc_test
 from wsss_core.data.datasets import resolve_split
 from wsss_core.errors import ConfigError
+from wsss_core.parallel import Workers
 from wsss_core.pipeline.paths import add_path_arguments, paths_from_args
 from wsss_core.pipeline.resolve import resolve_run
 
@@ -34,7 +35,8 @@ def main() -> None:
     archive = out_root / "results" / f"voc2012_test_{params.method}.tar.gz"
     png_dir, result = export_voc_test(split, paths.logits_dir("test"), out_root, archive,
                                       settings, wrapped_mean=params.crf.wrapped_mean_image,
-                                      n_jobs=params.crf.n_jobs, num_classes=params.num_classes)
+                                      num_classes=params.num_classes,
+                                      workers=Workers.of(params.crf, "crf"))
     crf = "without CRF" if settings is None else "with CRF"
     print(f"export: {result.images} test predictions {crf} in {png_dir}; upload {archive}")
 

@@ -6,6 +6,7 @@ line naming the key and what is allowed.
 """
 from __future__ import annotations
 
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,24 @@ DatasetName = Literal["synthetic", "voc12", "coco14"]
 # classes of each dataset with background (the names are in wsss_core.data.classes)
 NUM_CLASSES = {"synthetic": 21, "voc12": 21, "coco14": 81}
 VOC_NUM_CLASSES = NUM_CLASSES["voc12"]
+
+# where images are processed (wsss_core.parallel): joblib on this machine, or dask.distributed
+Backend = Literal["local", "dask"]
+# a dask scheduler: tcp://host:8786 (also tls://, ucx://, ws://, wss://, or host:port), or the
+# JSON file `dask scheduler --scheduler-file` writes
+_SCHEDULER = re.compile(r"((tcp|tls|ucx|ws|wss)://)?[^\s/:]+:\d+|\S+\.json")
+
+
+def _check_workers(group, where: str) -> None:
+    """The `backend`, `scheduler` and `n_jobs` keys of a group (placement only: not in dvc.yaml)."""
+    _check(group.n_jobs != 0, f"{where}.n_jobs", "must be -1 (all cores) or a non-zero count")
+    if group.scheduler is None:
+        return
+    _check(group.backend == "dask", f"{where}.scheduler",
+           f"is used only with {where}.backend: dask (set it, or scheduler: null)")
+    _check(bool(_SCHEDULER.fullmatch(group.scheduler)), f"{where}.scheduler",
+           f"expected a dask scheduler address like tcp://host:8786 or a scheduler file "
+           f"(*.json), got {group.scheduler!r}")
 
 
 # --------------------------------------------------------------------------- groups
@@ -153,6 +172,12 @@ class RefineParams:
     low: float | None = None
     high: float | None = None
     crf_preset: Literal["deeplab", "dupl"] = "dupl"   # DenseCRF kernel of `method: crf`
+    # where the images are refined (same labels everywhere; wsss_core.parallel): local = joblib
+    # with n_jobs processes (1 = serial, in the stage's process; -1 = all cores); dask = a
+    # LocalCluster of n_jobs workers (scheduler null) or the running cluster at `scheduler`
+    backend: Backend = "local"
+    scheduler: str | None = None
+    n_jobs: int = 1
 
     @property
     def band(self) -> tuple[float, float]:
@@ -167,6 +192,7 @@ class RefineParams:
         low, high = self.band
         _check(low <= self.bkg_threshold <= high, where,
                "need low <= bkg_threshold <= high (null takes bkg_threshold)")
+        _check_workers(self, where)
 
 
 @dataclass
@@ -224,7 +250,12 @@ class CrfParams:
     # CDL/deeplab-pytorch fidelity: the bilateral term sees the mean-subtracted image cast to
     # uint8 (negatives wrap, -3.7 -> 253) instead of the real RGB image
     wrapped_mean_image: bool = False
-    n_jobs: int = -1    # joblib workers over images (-1 = all cores)
+    n_jobs: int = -1    # workers over images (-1 = all cores)
+    # where the images are refined (same outputs everywhere; wsss_core.parallel): local = joblib
+    # with n_jobs processes; dask = a LocalCluster of n_jobs workers (scheduler null) or the
+    # running cluster at `scheduler` (tcp://host:8786 or a scheduler file *.json)
+    backend: Backend = "local"
+    scheduler: str | None = None
     overlays: int = 4   # val images drawn as image | GT | no CRF | CRF in metrics/plots/overlays
 
     def validate(self, where: str) -> None:
@@ -235,7 +266,7 @@ class CrfParams:
         for name in ("pos_xy_std", "bi_xy_std", "bi_rgb_std"):
             value = getattr(self, name)
             _check(value is None or value > 0, f"{where}.{name}", "must be > 0")
-        _check(self.n_jobs != 0, f"{where}.n_jobs", "must be -1 (all cores) or a non-zero count")
+        _check_workers(self, where)
         _check(self.overlays >= 0, f"{where}.overlays", "must be >= 0")
 
 

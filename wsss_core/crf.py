@@ -1,8 +1,9 @@
 """DenseCRF post-processing: logits → upsampled softmax → fully connected CRF → label PNGs.
 
 `dense_crf` is one pydensecrf call with the DeepLab/CDL or DuPL kernel. `refine_split` runs it
-over a split with joblib; every worker returns confusion matrices (with CRF and without, from the
-same upsampled logits), never the prediction, so memory does not grow with the number of images.
+over a split with joblib workers or on a dask.distributed cluster (`wsss_core.parallel`); every
+worker writes its image's PNG and returns confusion matrices (with CRF and without, from the same
+upsampled logits), never the prediction, so memory does not grow with the number of images.
 It is resumable: a prediction PNG left by an interrupted run is read back and scored instead of
 being recomputed, as long as its journal entry (kernel, image flag, logits and image files, the
 PNG itself) still matches. `export_voc_test` writes the VOC evaluation-server layout and its tarball.
@@ -19,9 +20,7 @@ from io import BytesIO
 from pathlib import Path
 
 import numpy as np
-from joblib import Parallel, delayed
 
-from .cli import progress
 from .config import VOC_NUM_CLASSES, CrfParams
 from .data.datasets import Split
 from .errors import DataError, WsssError
@@ -41,6 +40,7 @@ from .io import (
     write_label,
 )
 from .metrics import ConfusionMatrix
+from .parallel import Workers, imap_unordered
 
 # Caffe/DeepLab mean colour that CDL subtracts (B 104.008, G 116.669, R 122.675), in RGB order.
 CAFFE_MEAN_RGB = np.array([122.675, 116.669, 104.008], dtype=np.float64)
@@ -258,14 +258,15 @@ class _Journal:
 def refine_split(split: Split, logits_dir: str | Path, out_dir: str | Path, num_classes: int,
                  settings: CrfSettings | None, *, ids: list[str] | None = None,
                  wrapped_mean: bool = False, n_jobs: int = -1, resume: bool = True,
-                 desc: str = "crf") -> RefineResult:
+                 desc: str = "crf", workers: Workers | None = None) -> RefineResult:
     """Refine `<logits_dir>/<id>.npy` of `ids` (default: the split's list) into
     `<out_dir>/<id>.png` (palette PNG of class ids) and score them if the split has GT.
 
     `settings` None writes the plain argmax of the upsampled logits (no CRF). Inputs are
     checked before any work: an empty logits folder, missing logits, images or GT are one
     `DataError`. `resume` reuses the predictions an interrupted run of the same settings on
-    the same inputs already wrote (see `_Journal`).
+    the same inputs already wrote (see `_Journal`). `workers` (default: joblib with `n_jobs`)
+    may be a dask cluster (`wsss_core.parallel`); its workers must see these paths.
     """
     logits_dir, out_dir = Path(logits_dir), Path(out_dir)
     ids = list(split.ids if ids is None else ids)
@@ -287,7 +288,7 @@ def refine_split(split: Split, logits_dir: str | Path, out_dir: str | Path, num_
     out_dir.mkdir(parents=True, exist_ok=True)
 
     def job(image_id: str) -> _ImageJob:
-        # absolute paths: joblib reuses worker processes, whose working directory may differ
+        # absolute paths: workers (joblib's reused processes, dask's) run in other directories
         out_path = out_dir / f"{image_id}.png"
         return _ImageJob(
             image_id=image_id, logits_path=(logits_dir / f"{image_id}.npy").absolute(),
@@ -299,14 +300,14 @@ def refine_split(split: Split, logits_dir: str | Path, out_dir: str | Path, num_
 
     crf_total, plain_total = ConfusionMatrix(num_classes), ConfusionMatrix(num_classes)
     reused = 0
-    results = Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
-        delayed(_refine_image)(job(i)) for i in ids)
+    workers = Workers(n_jobs=n_jobs) if workers is None else workers
     try:
-        for result in progress(results, desc, total=len(ids)):
-            journal.record(result.image_id, inputs[result.image_id], result.output_key)
-            if has_gt:
-                crf_total, plain_total = crf_total + result.crf, plain_total + result.no_crf
-            reused += result.reused
+        with imap_unordered(_refine_image, [job(i) for i in ids], workers, desc) as results:
+            for result in results:
+                journal.record(result.image_id, inputs[result.image_id], result.output_key)
+                if has_gt:
+                    crf_total, plain_total = crf_total + result.crf, plain_total + result.no_crf
+                reused += result.reused
     finally:
         journal.flush()
     return RefineResult(crf=crf_total if has_gt else None, no_crf=plain_total if has_gt else None,
@@ -353,7 +354,8 @@ VOC_SERVER_DIR = "results/VOC2012/Segmentation/comp6_test_cls"
 def export_voc_test(split: Split, logits_dir: str | Path, out_root: str | Path,
                     archive: str | Path, settings: CrfSettings | None, *,
                     ids: list[str] | None = None, wrapped_mean: bool = False,
-                    n_jobs: int = -1, num_classes: int = VOC_NUM_CLASSES) -> tuple[Path, RefineResult]:
+                    n_jobs: int = -1, num_classes: int = VOC_NUM_CLASSES,
+                    workers: Workers | None = None) -> tuple[Path, RefineResult]:
     """Palette PNGs in `<out_root>/results/VOC2012/Segmentation/comp6_test_cls/<id>.png` and a
     gzipped tar of them with members `results/VOC2012/...` (the evaluation server's layout).
 
@@ -364,7 +366,8 @@ def export_voc_test(split: Split, logits_dir: str | Path, out_root: str | Path,
     png_dir = Path(out_root) / VOC_SERVER_DIR
     no_gt = dataclasses.replace(split, gt_dir=None)  # test has no GT; never score it
     result = refine_split(no_gt, logits_dir, png_dir, num_classes, settings, ids=ids,
-                          wrapped_mean=wrapped_mean, n_jobs=n_jobs, desc="export")
+                          wrapped_mean=wrapped_mean, n_jobs=n_jobs, desc="export",
+                          workers=workers)
     _write_server_tarball(png_dir, sorted(ids), Path(archive))
     return png_dir, result
 

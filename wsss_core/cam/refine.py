@@ -18,15 +18,17 @@ low plane, 255 otherwise.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..cli import progress
 from ..crf import CRF_PRESETS, dense_crf
 from ..data.datasets import Split
+from ..errors import DataError
 from ..io import IGNORE_INDEX, atomic_dir, read_image, read_label, write_label
+from ..parallel import Workers, imap_unordered
 from .par import refine_cams_two_backgrounds
 from .store import CAM_SUFFIX, load_cams
 
@@ -80,22 +82,57 @@ def slots_to_classes(slots: torch.Tensor, keys: Sequence[int]) -> np.ndarray:
     return lookup[slots.numpy()]
 
 
+@dataclass(frozen=True)
+class _CamJob:
+    """One image of `refine_cam_labels`, with absolute paths (workers run elsewhere)."""
+
+    image_path: Path
+    cam_path: Path
+    keys: tuple[int, ...]
+    out_path: Path
+    num_classes: int
+    method: str
+    band: tuple[float, float]
+    crf_preset: str
+
+
+def _refine_cam_image(job: _CamJob) -> str:
+    """Write one image's pseudo-label PNG and validate it (read back as ingested labels are)."""
+    image = read_image(job.image_path)
+    cams = load_cams(job.cam_path, job.keys, image.shape[:2])
+    slots = refine_slots(image, cams, job.method, job.band, job.crf_preset)
+    write_label(job.out_path, slots_to_classes(slots, job.keys))
+    read_label(job.out_path, job.num_classes, expected_hw=image.shape[:2])
+    return job.out_path.name
+
+
 def refine_cam_labels(cam_dir: str | Path, split: Split, class_labels: dict[str, list[int]],
-                      num_classes: int, refine, out_dir: str | Path) -> dict:
+                      num_classes: int, refine, out_dir: str | Path,
+                      workers: Workers | None = None) -> dict:
     """Pseudo labels of `split` from the CAMs stored in `cam_dir` (stage cams), refined with
     `refine` (config.RefineParams), written and validated as ingested labels are (palette PNG,
-    values in 0, the present classes, 255; the image's size)."""
+    values in 0, the present classes, 255; the image's size).
+
+    Images are refined by `workers` (default: serial, in this process; `wsss_core.parallel`):
+    each writes its PNG into the temporary folder beside `out_dir` that replaces it at the end,
+    so on a cluster the workers must share that filesystem (and the images' and CAMs')."""
     cam_dir = Path(cam_dir)
     ids = split.ids
     band = refine.band
+    workers = Workers(n_jobs=1) if workers is None else workers
     with atomic_dir(out_dir) as tmp:
-        for image_id in progress(ids, "pseudo labels"):
-            image = read_image(split.image_path(image_id))
-            keys = class_labels[image_id]
-            cams = load_cams(cam_dir / f"{image_id}{CAM_SUFFIX}", keys, image.shape[:2])
-            slots = refine_slots(image, cams, refine.method, band, refine.crf_preset)
-            path = tmp / f"{image_id}.png"
-            write_label(path, slots_to_classes(slots, keys))
-            read_label(path, num_classes, expected_hw=image.shape[:2])
+        jobs = [_CamJob(image_path=split.image_path(i).absolute(),
+                        cam_path=(cam_dir / f"{i}{CAM_SUFFIX}").absolute(), keys=tuple(class_labels[i]),
+                        out_path=(tmp / f"{i}.png").absolute(), num_classes=num_classes,
+                        method=refine.method, band=tuple(band), crf_preset=refine.crf_preset)
+                for i in ids]
+        with imap_unordered(_refine_cam_image, jobs, workers, "pseudo labels") as results:
+            for _ in results:
+                pass
+        missing = [job.out_path.name for job in jobs if not job.out_path.is_file()]
+        if missing:  # written where this process cannot see: not a shared filesystem
+            raise DataError(tmp, f"{len(missing)} of {len(jobs)} pseudo labels written by the "
+                                 f"workers are not here ({missing[0]}, ...); the workers must "
+                                 f"share this filesystem")
     return {"source": str(cam_dir), "refine": refine.method, "band": list(band),
             "labels": len(ids)}

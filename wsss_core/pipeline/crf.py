@@ -1,5 +1,5 @@
-"""Stage crf: DenseCRF over the val and test logits (joblib workers), palette-PNG predictions
-and the scores with CRF."""
+"""Stage crf: DenseCRF over the val and test logits (joblib workers or a dask cluster,
+`crf.backend`), palette-PNG predictions and the scores with CRF."""
 from __future__ import annotations
 
 from ..config import Params
@@ -7,6 +7,7 @@ from ..crf import refine_split, write_overlays
 from ..data.datasets import class_names, resolve_split, scored_splits
 from ..io import write_json
 from ..metrics import confusion_plot_rows, scores_report
+from ..parallel import Workers
 from .paths import RunPaths
 from .reports import fmt_miou, write_report, write_unscored
 from .resolve import resolve_run
@@ -30,7 +31,8 @@ def run_crf(params: Params, paths: RunPaths, split_name: str = "val") -> dict:
     split = resolve_split(params, split_name, paths.prepared)
     source, out_dir = paths.logits_dir(split_name), paths.predictions_dir(split_name)
     result = refine_split(split, source, out_dir, params.num_classes, settings, ids=split.ids,
-                          wrapped_mean=params.crf.wrapped_mean_image, n_jobs=params.crf.n_jobs)
+                          wrapped_mean=params.crf.wrapped_mean_image,
+                          workers=Workers.of(params.crf, "crf"))
     no_crf = result.no_crf.scores()
     report = scores_report(
         result.crf, class_names(params), split=split_name, method=params.method, crf=True,

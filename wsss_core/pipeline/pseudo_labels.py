@@ -14,6 +14,7 @@ from ..data.datasets import Split, resolve_split
 from ..data.pseudo_labels import ingest_pseudo_labels
 from ..errors import DataError
 from ..io import atomic_dir
+from ..parallel import Workers
 from ..synthetic import write_noisy_pseudo_labels
 from .paths import RunPaths
 from .resolve import resolve_run
@@ -50,6 +51,6 @@ def publish_pseudo_labels(params: Params, paths: RunPaths) -> dict:
         read_manifest(paths.cams, group.source)
         labels = split_class_labels(paths.class_labels, split, params.num_classes)
         info = refine_cam_labels(paths.cams, split, labels, params.num_classes, group.refine,
-                                 out_dir)
+                                 out_dir, workers=Workers.of(group.refine, "pseudo_labels.refine"))
     print(f"pseudo labels: {info['labels']} files in {out_dir}", flush=True)
     return info
