@@ -50,11 +50,12 @@ def repo(tmp_path):
                            log_every=1, checkpoint_every=1, device="cpu")
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     # frozen BN and a single training scale: per-sample computation independent of the batch split
-    preset_patch = repo / "wsss_core" / "presets.py"
+    preset_patch = repo / "wsss_core" / "methods" / "deeplab" / "presets.py"
     text = preset_patch.read_text()
-    text = text.replace('"train_scales": [0.75, 1.0, 1.25]', '"train_scales": [1.0]')
-    text = text.replace('"test_scales": [0.5, 0.75], "freeze_bn": False}',
-                        '"test_scales": [0.5, 0.75], "freeze_bn": True}')
+    for before, after in (('"train_scales": [0.75, 1.0, 1.25]', '"train_scales": [1.0]'),
+                          ('"freeze_bn": False}', '"freeze_bn": True}')):
+        assert text.count(before) == 1, f"the demo preset no longer has {before}"
+        text = text.replace(before, after)
     preset_patch.write_text(text)
     run_script(repo, "stages/prepare_data.py", check=True)
     run_script(repo, "stages/pseudo_labels.py", check=True)
