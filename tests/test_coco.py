@@ -1,6 +1,7 @@
 """COCO instances JSON → VOC-style masks on a hand-made 4-image annotation file."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -12,9 +13,13 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from wsss_core.config import params_from_dict
 from wsss_core.data.coco import DIGEST_KEY, category_map, coco_image_ids, convert_coco, render_mask
+from wsss_core.data.datasets import resolve_split, subset_label
 from wsss_core.errors import DataError
-from wsss_core.io import voc_palette, write_label
+from wsss_core.io import voc_palette, write_id_list, write_image, write_label, write_logits
+from wsss_core.pipeline.crf import run_crf
+from wsss_core.pipeline.paths import RunPaths
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_PYTHON = REPO / ".venv/bin/python"
@@ -284,3 +289,39 @@ def test_undecodable_compressed_rle_names_file_and_image(tmp_path):
     with pytest.raises(DataError, match=r"instances_bad\.json: image COCO_train2014_000000000025: "
                                         r"cannot decode a segmentation"):
         convert_coco(path, tmp_path / "masks", progress=False)
+
+
+def test_val_part_is_scored_and_named_in_the_metric_files(tmp_path):
+    """COCO scores the whole val unless `data.coco14.val_part` names a list (DuPL's 4,999-image
+    val_part.txt); then the split is that list and every metric file says so."""
+    root = tmp_path / "coco"
+    ids = ["COCO_val2014_000000000001", "COCO_val2014_000000000002", "COCO_val2014_000000000003"]
+    write_id_list(root / "val.txt", ids)
+    write_id_list(root / "val_part.txt", ids[:2])
+    logits = np.full((81, 2, 3), -5.0, np.float32)
+    logits[0] = 5.0                                  # background everywhere: GT is background
+    for image_id in ids:
+        write_image(root / "val2014" / f"{image_id}.jpg", np.full((16, 24, 3), 90, np.uint8))
+        write_label(root / "SegmentationClass/val2014" / f"{image_id}.png", np.zeros((16, 24), np.uint8))
+        write_logits(tmp_path / "run/data/logits/baseline/val" / f"{image_id}.npy", logits)
+
+    def params(val_part: str):
+        return params_from_dict({"dataset": "coco14", "data": {"coco14": {"root": str(root),
+                                 "val_part": val_part}}, "crf": {"overlays": 0, "n_jobs": 1},
+                                 "pseudo_labels": {"source": "files", "path": "labels"}})
+
+    whole, part = params(""), params("val_part.txt")
+    assert resolve_split(whole, "val").ids == ids and subset_label(whole, "val") is None
+    assert resolve_split(part, "val").ids == ids[:2]
+    assert subset_label(part, "val") == "val_part.txt: 2 of 3 val images"
+    assert subset_label(part, "train") is None
+
+    paths = RunPaths.defaults(part, tmp_path / "run")
+    report = run_crf(part, paths)
+    assert report["images"] == 2 and report["miou"] == 1.0
+    saved = json.loads(paths.scores_of("val", crf=True).read_text())
+    assert saved["subset"] == "val_part.txt: 2 of 3 val images" and saved["split"] == "val"
+    paths = dataclasses.replace(paths, predictions=tmp_path / "whole", metrics=tmp_path / "whole")
+    report = run_crf(whole, paths)
+    assert report["images"] == 3 and "subset" not in report
+    assert "subset" not in json.loads(paths.scores_of("val", crf=True).read_text())

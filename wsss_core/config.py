@@ -115,6 +115,10 @@ class CocoData:
     label_dir: str = "SegmentationClass"        # holds train2014/ and val2014/
     train_list: str = "train.txt"
     val_list: str = "val.txt"
+    # a list of val ids scored instead of the whole val split, e.g. DuPL's 4,999-image
+    # `val_part.txt`; "" (default): the whole val (40,137 images). Every metric file of such a
+    # run names it (`subset`), so a partial score is never read as the full val's
+    val_part: str = ""
     class_labels: str = ""
     # instances JSON per split; masks are converted when missing (see wsss_core.data.coco)
     train_annotations: str = "annotations/instances_train2014.json"

@@ -98,7 +98,7 @@ def scores_report(matrix: ConfusionMatrix, class_names, **info) -> dict:
 
 # what a metric file keeps of a report: `dvc metrics show` puts every file's keys side by side
 # in one table, so only the headline numbers go there; per-class IoU goes to the CSVs
-HEADLINE_KEYS = ("method", "split", "crf", "noise", "miou", "miou_no_crf", "pixel_acc",
+HEADLINE_KEYS = ("method", "split", "subset", "crf", "noise", "miou", "miou_no_crf", "pixel_acc",
                  "predictor", "predictors_miou", "cam_miou")
 
 

@@ -83,10 +83,23 @@ def resolve_split(params: Params, split: str, prepared: Path | None = None) -> S
     image_dir = cfg.train_image_dir if split == "train" else cfg.val_image_dir
     return Split(
         name=split,
-        list_file=_under(root, cfg.train_list if split == "train" else cfg.val_list),
+        list_file=_under(root, cfg.train_list if split == "train" else cfg.val_part or cfg.val_list),
         image_dir=_under(root, image_dir),
         gt_dir=_under(root, cfg.label_dir) / folder,
     )
+
+
+def subset_label(params: Params, split: str) -> str | None:
+    """What part of `split` is scored when it is not the whole split (COCO's `val_part`), for
+    the metric files: "<list>: <n> of <N> val images"; None for a whole split."""
+    cfg = params.data.coco14
+    if params.dataset != "coco14" or split != "val" or not cfg.val_part:
+        return None
+    root = Path(cfg.root)
+    part = len(read_id_list(_under(root, cfg.val_part)))
+    full = _under(root, cfg.val_list)
+    of = f" of {len(read_id_list(full))}" if full.is_file() else ""
+    return f"{Path(cfg.val_part).name}: {part}{of} val images"
 
 
 def class_names(params: Params) -> tuple[str, ...]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..config import Params
 from ..crf import refine_split, write_overlays
-from ..data.datasets import class_names, resolve_split, scored_splits
+from ..data.datasets import class_names, resolve_split, scored_splits, subset_label
 from ..io import write_json
 from ..metrics import confusion_plot_rows, scores_report
 from ..parallel import Workers
@@ -34,8 +34,10 @@ def run_crf(params: Params, paths: RunPaths, split_name: str = "val") -> dict:
                           wrapped_mean=params.crf.wrapped_mean_image,
                           workers=Workers.of(params.crf, "crf"))
     no_crf = result.no_crf.scores()
+    subset = subset_label(params, split_name)   # a part of the split is never read as all of it
     report = scores_report(
-        result.crf, class_names(params), split=split_name, method=params.method, crf=True,
+        result.crf, class_names(params), split=split_name,
+        **({"subset": subset} if subset else {}), method=params.method, crf=True,
         dataset=params.dataset, images=result.images,
         miou_no_crf=no_crf["miou"], pixel_acc_no_crf=no_crf["pixel_acc"],
     )
@@ -47,6 +49,7 @@ def run_crf(params: Params, paths: RunPaths, split_name: str = "val") -> dict:
             write_overlays(split, source, out_dir, sorted(split.ids)[:params.crf.overlays],
                            paths.overlays, params.num_classes)
     reused = f" ({result.reused} reused)" if result.reused else ""
+    part = f" ({subset})" if subset else ""
     print(f"crf: mIoU {fmt_miou(report['miou'])} (no CRF {fmt_miou(no_crf['miou'])}) on "
-          f"{result.images} {split_name} images{reused}", flush=True)
+          f"{result.images} {split_name} images{part}{reused}", flush=True)
     return report

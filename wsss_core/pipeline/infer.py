@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..config import Params
 from ..data.classes import read_class_labels
-from ..data.datasets import class_names, resolve_split, scored_splits
+from ..data.datasets import class_names, resolve_split, scored_splits, subset_label
 from ..distributed import barrier, distributed
 from ..errors import DataError
 from ..evaluate import score_folder
@@ -69,7 +69,9 @@ def run_inference(params: Params, paths: RunPaths, split_name: str = "val",
             with atomic_dir(final_dir) as tmp:
                 for path in out_dirs[best].iterdir():
                     shutil.copy2(path, tmp / path.name)
-        report = {"method": params.method, "split": split_name, "crf": False, **reports[best]}
+        subset = subset_label(params, split_name)   # a part of the split is never read as all of it
+        report = {"method": params.method, "split": split_name,
+                  **({"subset": subset} if subset else {}), "crf": False, **reports[best]}
         if len(reports) > 1:
             report["predictor"] = best
             if split_name == "val":
@@ -78,7 +80,8 @@ def run_inference(params: Params, paths: RunPaths, split_name: str = "val",
             report.update(record.val_extras(model, split, read_class_labels(
                 paths.class_labels, params.num_classes), ctx.device, run.method))
         write_report(paths.scores_of(split_name), report)
-        print(f"{params.method} {split_name} mIoU (no CRF): {report['miou']:.4f}", flush=True)
+        part = f" ({subset})" if subset else ""
+        print(f"{params.method} {split_name} mIoU (no CRF): {report['miou']:.4f}{part}", flush=True)
         return report
 
 
