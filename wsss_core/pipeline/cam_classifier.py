@@ -15,7 +15,7 @@ from ..io import atomic_dir, write_json
 from ..methods.registry import cam_source_method
 from .paths import RunPaths
 from .resolve import resolve_run
-from .train import run_training
+from .train import train_run
 
 
 def classifier_params(params: Params) -> Params:
@@ -73,10 +73,10 @@ def train_cam_classifier(params: Params, paths: RunPaths, threads: int | None = 
         return mark_stage_unused(folder, params.pseudo_labels.source, whole_folder=False,
                                  keep=("checkpoints",))
     cparams, cpaths = classifier_params(params), classifier_paths(paths)
-    resolve_run(cparams)
+    run = resolve_run(cparams)
     split_class_labels(paths.class_labels, resolve_split(params, "train", paths.prepared),
                        params.num_classes)
-    summary = run_training(cparams, cpaths, threads=threads)
+    summary = train_run(run, cpaths, threads=threads)
     if is_main_process():
         write_json(folder / MANIFEST, {"used": True, "source": params.pseudo_labels.source,
                                        "method": cparams.method,

@@ -10,14 +10,14 @@ from ..metrics import confusion_plot_rows, scores_report
 from ..parallel import Workers
 from .paths import RunPaths
 from .reports import fmt_miou, write_report, write_unscored
-from .resolve import resolve_run
+from .resolve import ResolvedRun, resolve_run
 
 
 def run_crf_splits(params: Params, paths: RunPaths) -> None:
     """The crf stage: every scored split; a split without GT gets a metric file saying so."""
-    splits = scored_splits(params)
+    splits, run = scored_splits(params), resolve_run(params)
     for split_name in splits:
-        run_crf(params, paths, split_name)
+        crf_split(run, paths, split_name)
     if "test" not in splits:
         write_unscored(paths.scores_of("test", crf=True), "test")
         paths.predictions_dir("test").mkdir(parents=True, exist_ok=True)  # a declared output
@@ -27,7 +27,12 @@ def run_crf(params: Params, paths: RunPaths, split_name: str = "val") -> dict:
     """DenseCRF over a split's logits: palette PNGs, its scores with CRF (with the no-CRF
     mIoU of the same pass; metrics/scores_crf[_<split>].json) + per-class CSV; on val also the
     confusion matrix for `dvc plots` and a few overlays."""
-    settings = resolve_run(params).crf
+    return crf_split(resolve_run(params), paths, split_name)
+
+
+def crf_split(run: ResolvedRun, paths: RunPaths, split_name: str) -> dict:
+    """`run_crf` of a run already resolved."""
+    params, settings = run.params, run.crf
     split = resolve_split(params, split_name, paths.prepared)
     source, out_dir = paths.logits_dir(split_name), paths.predictions_dir(split_name)
     result = refine_split(split, source, out_dir, params.num_classes, settings, ids=split.ids,

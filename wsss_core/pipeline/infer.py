@@ -18,7 +18,7 @@ from ..models.checkpoints import load_trained_weights
 from ..training import BEST_MODEL
 from .paths import RunPaths
 from .reports import write_report, write_unscored
-from .resolve import resolve_run
+from .resolve import ResolvedRun, resolve_run
 
 
 def trained_weights(params: Params, paths: RunPaths) -> Path:
@@ -33,8 +33,13 @@ def run_inference(params: Params, paths: RunPaths, split_name: str = "val",
     """Logits of the split and, where it has GT, its no-CRF scores. With several predictors
     (DuPL's students) val scores each and keeps the better one; every other split reuses the
     one chosen on val, so nothing is chosen on the split a result is reported on."""
-    run = resolve_run(params)
-    record = run.record
+    return infer_split(resolve_run(params), paths, split_name, threads)
+
+
+def infer_split(run: ResolvedRun, paths: RunPaths, split_name: str,
+                threads: int | None = None) -> dict | None:
+    """`run_inference` of a run already resolved."""
+    params, record = run.params, run.record
     weights = trained_weights(params, paths)
     split = resolve_split(params, split_name, paths.prepared)
     final_dir = paths.logits_dir(split_name)
@@ -88,10 +93,10 @@ def run_inference(params: Params, paths: RunPaths, split_name: str = "val",
 def run_inference_splits(params: Params, paths: RunPaths, threads: int | None = None) -> None:
     """The infer stage: every scored split in one process group (val first: the test split
     reuses what val chose); a split without GT gets a metric file saying so."""
-    splits = scored_splits(params)
+    splits, run = scored_splits(params), resolve_run(params)
     with distributed(params.infer.device, threads) as ctx:
         for split_name in splits:
-            run_inference(params, paths, split_name, threads)
+            infer_split(run, paths, split_name, threads)
             barrier()  # val's scores (and choice of predictor) are written before test reads them
         if ctx.is_main and "test" not in splits:
             write_unscored(paths.scores_of("test"), "test")

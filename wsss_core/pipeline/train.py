@@ -47,8 +47,12 @@ def val_scorer(run: ResolvedRun, val_split, ctx):
 def run_training(params: Params, paths: RunPaths, threads: int | None = None) -> dict:
     """Train the configured method; `threads`: CPU threads of this process (default: the
     machine's cores shared among its ranks)."""
-    run = resolve_run(params)
-    record, config = run.record, run.config
+    return train_run(resolve_run(params), paths, threads)
+
+
+def train_run(run: ResolvedRun, paths: RunPaths, threads: int | None = None) -> dict:
+    """`run_training` of a run already resolved."""
+    params, record, config = run.params, run.record, run.config
     split = resolve_split(params, "train", paths.prepared)
     val_split = resolve_split(params, "val", paths.prepared) if params.train.val_every else None
     if val_split is not None and val_split.gt_dir is None:
