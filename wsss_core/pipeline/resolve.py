@@ -11,12 +11,12 @@ from __future__ import annotations
 import copy
 import inspect
 from dataclasses import dataclass
-from typing import Any
 
 from ..config import Params
 from ..crf import CrfSettings, crf_settings
 from ..errors import ConfigError
 from ..methods import MethodRecord, get_method, method_options
+from ..training import TrainingMethod
 
 
 def effective_train_config(params: Params) -> dict:
@@ -58,14 +58,14 @@ class ResolvedRun:
     # runs without them, and the checkpoints they resume, stay as they were)
     config: dict
     # the method's adapter without init weights: it builds the network a trained model loads into
-    method: Any
+    method: TrainingMethod
     crf: CrfSettings
 
     @property
     def name(self) -> str:
         return self.params.method
 
-    def training_method(self):
+    def training_method(self) -> TrainingMethod:
         """The adapter that trains: its network starts from the configured init weights."""
         return self.record.create(self.name, self.params.num_classes, self.config)
 
