@@ -40,9 +40,12 @@ from wsss_core.errors import DataError, WsssError
 from wsss_core.infer import file_digest
 from wsss_core.io import read_image, save_torch, write_json
 from wsss_core.methods import create_method
+from wsss_core.methods.deeplab.presets import DEEPLAB_PRESETS
+from wsss_core.methods.dupl.presets import DUPL_PRESETS
 from wsss_core.methods.registry import get_method
 from wsss_core.metrics import mean_average_precision
 from wsss_core.models import load_init_weights, read_state_dict, unwrap
+from wsss_core.models.vit_seg import build_dupl_model
 from wsss_core.training import images_stamp, train
 
 from .classification import classification_config, generate_classification_set
@@ -115,10 +118,6 @@ def check_init_file(path: Path, backbone: str) -> None:
     """Load `path` into the demo network it is for, as the demo presets do, or fail: resnet into
     the demo DeepLab (`load_init_weights`, every backbone key supplied), vit into the demo DuPL
     (`build_dupl_model(pretrained_path=...)`, strict)."""
-    from wsss_core.methods.deeplab.presets import DEEPLAB_PRESETS
-    from wsss_core.methods.dupl.presets import DUPL_PRESETS
-    from wsss_core.models.vit_seg import build_dupl_model
-
     if backbone == "resnet":
         preset = DEEPLAB_PRESETS["demo"]
         method = create_method("baseline", VOC_NUM_CLASSES, {**preset, "init_weights": ""})
