@@ -26,14 +26,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
+from joblib import Parallel, delayed, effective_n_jobs
+
 from .cli import progress
+from .config_types import PARAMS_FILE
 from .errors import ConfigError
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 CONNECT_TIMEOUT = 5.0   # seconds to reach a scheduler (or to start a LocalCluster's scheduler)
-PARAMS_FILE = "params.yaml"
 
 
 @dataclass(frozen=True)
@@ -52,13 +54,6 @@ class Workers:
         return cls(group.backend, group.n_jobs, group.scheduler, key)
 
 
-def effective_n_jobs(n_jobs: int) -> int:
-    """joblib's rule: n > 0 is n, -1 all cores, -2 all but one, ..."""
-    from joblib import cpu_count
-
-    return n_jobs if n_jobs > 0 else max(1, cpu_count() + 1 + n_jobs)
-
-
 @contextmanager
 def imap_unordered(fn: Callable[[T], R], items: Sequence[T], workers: Workers,
                    desc: str) -> Iterator[Iterator[R]]:
@@ -70,8 +65,6 @@ def imap_unordered(fn: Callable[[T], R], items: Sequence[T], workers: Workers,
         return
     if workers.backend != "local":
         raise ValueError(f"unknown backend {workers.backend!r}")
-    from joblib import Parallel, delayed
-
     results = Parallel(n_jobs=workers.n_jobs, return_as="generator_unordered")(
         delayed(fn)(item) for item in items)
     try:

@@ -124,7 +124,7 @@ def refine_cam_labels(cam_dir: str | Path, split: Split, class_labels: dict[str,
         jobs = [_CamJob(image_path=split.image_path(i).absolute(),
                         cam_path=(cam_dir / f"{i}{CAM_SUFFIX}").absolute(), keys=tuple(class_labels[i]),
                         out_path=(tmp / f"{i}.png").absolute(), num_classes=num_classes,
-                        method=refine.method, band=tuple(band), crf_preset=refine.crf_preset)
+                        method=refine.method, band=band, crf_preset=refine.crf_preset)
                 for i in ids]
         with imap_unordered(_refine_cam_image, jobs, workers, "pseudo labels") as results:
             for _ in results:

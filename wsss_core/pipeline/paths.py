@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Params
+from ..training import LAST_MODEL
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class RunPaths:
 
     @property
     def model_file(self) -> Path:
-        return self.model_dir / "model.pth"
+        return self.model_dir / LAST_MODEL
 
     @property
     def run_config(self) -> Path:
