@@ -32,6 +32,9 @@ class PretrainParams:
     part_focus: float = 0.5
     iterations_resnet: int = 600
     iterations_vit: int = 900
+    # global pooling before the ViT classifier: "max" as DuPL's students pool (the classifier
+    # the weights go into), "avg" as IRN's CAM (the resnet classifier always averages)
+    vit_pooling: str = "max"
     batch_size: int = 16
     crop: int = 96
     threads: int = 2             # CPU threads of each training (float sums depend on it)
@@ -46,6 +49,7 @@ class PretrainParams:
             _check(0.0 <= getattr(self, key) <= 1.0, f"{where}.{key}", "must be in [0, 1]")
         for key in ("iterations_resnet", "iterations_vit", "batch_size", "crop", "threads"):
             _check(getattr(self, key) >= 1, f"{where}.{key}", "must be >= 1")
+        _check(self.vit_pooling in ("avg", "max"), f"{where}.vit_pooling", "must be avg or max")
         _check(self.batch_size <= self.num_train, f"{where}.batch_size", "exceeds num_train")
         _check(self.n_jobs != 0, f"{where}.n_jobs", "must be -1 (all cores) or a non-zero count")
 

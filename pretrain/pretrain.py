@@ -75,6 +75,8 @@ def pretrain_config(p: PretrainParams, backbone: str) -> dict:
                   checkpoint_every=max(1, min(200, iterations)), log_every=10, num_workers=0,
                   seed=p.seed, preset=CAM_PRESET[backbone])
     config["method_options"] = {**config.get("method_options", {}), "backbone": backbone}
+    if backbone == "vit":
+        config["model"] = {**config["model"], "pooling": p.vit_pooling}
     return config
 
 
@@ -169,6 +171,7 @@ def pretrain_backbone(p: PretrainParams, backbone: str, data: Path = DATA_DIR,
     report = {
         "backbone": backbone,
         "preset": config["preset"],
+        "pooling": config["model"].get("pooling", "avg"),
         "iterations": summary["iterations"],
         "batch_size": config["batch_size"],
         "crop": config["crop"],

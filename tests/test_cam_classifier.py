@@ -50,6 +50,23 @@ def test_cams_are_the_classifier_on_every_feature_and_logits_their_mean(backbone
     assert net.classifier.bias is None
 
 
+@pytest.mark.parametrize("backbone,model", [("resnet", TINY_RESNET), ("vit", TINY_VIT)])
+def test_max_pooling_scores_the_classifier_on_the_per_channel_maxima(backbone, model):
+    # DuPL's students pool by max: the logits are the classifier on each feature channel's
+    # largest value, which need not sit at one position (so not the CAM's maximum)
+    torch.manual_seed(0)
+    net = build_model("cam", 4, backbone=backbone, pooling="max", **model).eval()
+    images = torch.randn(2, 3, 33, 41)
+    with torch.no_grad():
+        features = net.features(images)
+        logits = net(images)
+    weight = net.classifier.weight[:, :, 0, 0]
+    expected = features.amax(dim=(2, 3)) @ weight.T
+    assert torch.allclose(logits, expected, atol=1e-5)
+    with pytest.raises(ConfigError, match="pooling 'sum' is not one of avg, max"):
+        build_model("cam", 4, backbone=backbone, pooling="sum", **model)
+
+
 def test_multilabel_soft_margin_loss_on_a_hand_example():
     class Fixed(nn.Module):
         def forward(self, images):

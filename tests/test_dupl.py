@@ -29,6 +29,8 @@ from wsss_core.methods.dupl import (
     refine_cams_two_backgrounds,
     scale_box,
 )
+from wsss_core.methods.dupl.method import DuplMethod
+from wsss_core.methods.dupl.presets import DUPL_PRESETS
 from wsss_core.models.vit_seg import build_dupl_model
 from wsss_core.schedules import warmup_poly_factor
 
@@ -304,6 +306,25 @@ def test_phase_schedule_matches_the_released_scripts(cfg, table):
         assert computed_terms(n_iter, cfg)[term] is computed, (n_iter, term)
         assert phase_weights(n_iter, cfg)[term] == weight, (n_iter, term)
     assert not computed_terms(5000, DuplConfig.voc(w_dis=0.0))["dis"]  # switched off: not built
+
+
+def test_demo_schedule_runs_every_phase_of_the_voc_script_at_its_share_of_the_run():
+    # Wu0409/DuPL train_final_voc.py: 20000 iterations, LR warm-up 1500, CAM pseudo labels from
+    # 2000, the GMM filter (and L_reg) from 8000; the demo keeps these shares of its own run
+    preset = DUPL_PRESETS["demo"]
+    iterations = preset["iterations"]
+    cfg = DuplMethod(21, preset).cfg
+    assert cfg.max_iters == iterations
+    assert cfg.cam_iters == round(2000 / 20000 * iterations)
+    assert cfg.gmm_iters == round(8000 / 20000 * iterations)
+    # the warm-up ends no later than the classifier-only phase (the script's 1500 ≤ 2000)
+    assert 0 < preset["warmup_iter"] <= cfg.cam_iters
+    # each phase gets iterations: classification only, + CAM pseudo labels, + the noise filter
+    phases = [cfg.cam_iters, cfg.gmm_iters - cfg.cam_iters, iterations - cfg.gmm_iters]
+    assert min(phases) >= 10 and sum(phases) == iterations
+    assert not computed_terms(cfg.cam_iters - 1, cfg)["seg"] and computed_terms(cfg.cam_iters, cfg)["seg"]
+    assert not computed_terms(cfg.gmm_iters - 1, cfg)["reg"]
+    assert computed_terms(cfg.gmm_iters, cfg)["reg"] and phase_weights(iterations - 1, cfg)["reg"] > 0
 
 
 def tiny_dupl_batch(num_classes=3, size=32):

@@ -118,13 +118,16 @@ def test_pretrain_backbone_trains_scores_and_exports(tmp_path, backbone):
                                            tmp_path / "init.pth", tmp_path / "metrics", device="cpu")
     assert report["iterations"] == 3 and report["train_images"] == 20
     assert report["threads"] == TINY.threads == 1                # passed to distributed()
+    # the ViT is pretrained with its DuPL student's max pooling (pretrain.vit_pooling)
+    assert report["pooling"] == {"resnet": "avg", "vit": TINY.vit_pooling}[backbone]
+    assert _demo_classifier(backbone).pooling == report["pooling"]
     assert 0.0 <= report["val_map"] <= 1.0 and report["val_images"] == 3
     assert json.loads((tmp_path / "metrics" / f"{backbone}.json").read_text()) == report
     pretraining.check_init_file(tmp_path / "init.pth", backbone)
 
 
 @pytest.mark.parametrize("method,init", [("baseline", None), ("cam", None),
-                                         ("dupl", "models/init/demo_vit.pth")])
+                                         ("dupl", None)])
 def test_missing_init_file_is_a_one_line_error_naming_it(tmp_path, method, init, monkeypatch):
     monkeypatch.chdir(tmp_path)   # no models/init/ here
     params = params_from_dict({"method": method, "train": {"init_weights": init}})

@@ -1,11 +1,13 @@
-"""Multi-label CAM classifiers (method `cam`): a backbone, global average pooling and a 1×1 conv
+"""Multi-label CAM classifiers (method `cam`): a backbone, global pooling and a 1×1 conv
 classifier without bias over the K−1 foreground classes (IRN's `resnet50_cam`, CAM of Zhou et al.).
 
-Because the classifier is linear and bias-free, the logits of the pooled features are the
-spatial mean of the class activation maps: `cams(images)` applies the classifier weight to every
-feature position (no ReLU; `wsss_core.cam.multi_scale_cams` ReLUs and normalises) and
-`forward(images)` is their mean. Two backbones, chosen so that the trained weights initialise
-the demo networks:
+Pooling: "avg" (IRN's global average pooling) or "max" (global max pooling of the features, as
+DuPL's students pool before their classifiers). With average pooling the logits are the spatial
+mean of the class activation maps (the classifier is linear and bias-free); with max pooling
+each class scores the per-channel maxima, which need not be at one position. Either way
+`cams(images)` applies the classifier weight to every feature position (no ReLU;
+`wsss_core.cam.multi_scale_cams` ReLUs and normalises). Two backbones, chosen so that the
+trained weights initialise the demo networks:
 
     resnet   `base`: the DeepLab v2 dilated ResNet (`resnet.dilated_resnet_layers`, stride 8),
              keys `base.layer1.conv1.conv.weight`, ... — `base.state_dict()` is what
@@ -33,6 +35,7 @@ from .vit_seg import create_vit, vit_tokens
 from .resnet import checkpointed, dilated_resnet_layers, freeze_batchnorm, stage_channels
 
 BACKBONES = ("resnet", "vit")
+POOLINGS = ("avg", "max")
 RESNET50_BLOCKS = (3, 4, 6, 3)
 # BatchNorm trained from scratch: caffe's momentum 0.001 would leave the running statistics near
 # their initial values after a short run (as the DeepLab demo does)
@@ -79,13 +82,16 @@ class CamClassifier(nn.Module):
     `features(images) -> (B, D, h, w)`."""
 
     classifier: nn.Conv2d
+    pooling: str = "avg"
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, K−1) logits: the classifier on the globally average-pooled features."""
-        pooled = F.adaptive_avg_pool2d(self.features(images), 1)
+        """(B, K−1) logits: the classifier on the globally pooled features (`pooling`)."""
+        features = self.features(images)
+        pool = F.adaptive_max_pool2d if self.pooling == "max" else F.adaptive_avg_pool2d
+        pooled = pool(features, 1)
         return self.classifier(pooled).flatten(1)
 
     def cams(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,8 +107,9 @@ class ResNetCam(CamClassifier):
     BatchNorm in eval mode (a pretrained init, as IRN); otherwise BatchNorm learns."""
 
     def __init__(self, num_classes: int, blocks: Sequence[int], width: int, freeze_bn: bool,
-                 grad_checkpointing: bool = False):
+                 grad_checkpointing: bool = False, pooling: str = "avg"):
         super().__init__()
+        self.pooling = pooling
         self.base = ResNetBackbone(blocks, width, grad_checkpointing)
         self.classifier = nn.Conv2d(self.base.out_channels, num_classes - 1, 1, bias=False)
         # IRN initialises the CAM classifier with Xavier-uniform
@@ -127,8 +134,9 @@ class VitCam(CamClassifier):
     """CAM classifier on the ViT of DuPL's students (`encoder`, final normed patch tokens)."""
 
     def __init__(self, num_classes: int, vit_name: str, grad_checkpointing: bool = False,
-                 **vit_overrides: int | None):
+                 pooling: str = "avg", **vit_overrides: int | None):
         super().__init__()
+        self.pooling = pooling
         self.to_imagenet = ImagenetInput()
         self.encoder = create_vit(vit_name, **vit_overrides)
         self.encoder.set_grad_checkpointing(grad_checkpointing)
@@ -144,15 +152,19 @@ def build_cam_classifier(num_classes: int, backbone: str = "resnet",
                          freeze_bn: bool | None = None, vit_name: str | None = None,
                          patch_size: int | None = None, depth: int | None = None,
                          embed_dim: int | None = None, num_heads: int | None = None,
-                         grad_checkpointing: bool = False) -> CamClassifier:
+                         grad_checkpointing: bool = False, pooling: str = "avg") -> CamClassifier:
     """The CAM classifier of `backbone` for `num_classes` (background included; the classifier
     has K−1 outputs). resnet takes `blocks` (default ResNet-50's [3, 4, 6, 3]), `width` (64) and
     `freeze_bn` (False); vit takes `vit_name` (a timm ViT, default deit_tiny_patch16_224) and
-    DuPL's `patch_size`, `depth`, `embed_dim`, `num_heads` overrides. A parameter of the other
-    backbone is a ConfigError rather than silently ignored."""
+    DuPL's `patch_size`, `depth`, `embed_dim`, `num_heads` overrides; both take `pooling`
+    ("avg" | "max"). A parameter of the other backbone is a ConfigError rather than silently
+    ignored."""
     if backbone not in BACKBONES:
         raise ConfigError(f"params.yaml: train.method_options.backbone: '{backbone}' is not one "
                           f"of {', '.join(BACKBONES)}")
+    if pooling not in POOLINGS:
+        raise ConfigError(f"cam classifier: pooling '{pooling}' is not one of "
+                          f"{', '.join(POOLINGS)}")
     if num_classes < 2:
         raise ConfigError(f"a CAM classifier needs at least 2 classes, got {num_classes}")
     resnet_params = {"blocks": blocks, "width": width, "freeze_bn": freeze_bn}
@@ -165,10 +177,10 @@ def build_cam_classifier(num_classes: int, backbone: str = "resnet",
                           f"backbone '{backbone}'")
     if backbone == "resnet":
         return ResNetCam(num_classes, list(blocks or RESNET50_BLOCKS), int(width or 64),
-                         bool(freeze_bn), grad_checkpointing)
-    return VitCam(num_classes, vit_name or "deit_tiny_patch16_224", grad_checkpointing,
+                         bool(freeze_bn), grad_checkpointing, pooling)
+    return VitCam(num_classes, vit_name or "deit_tiny_patch16_224", grad_checkpointing, pooling,
                   patch_size=patch_size, depth=depth, embed_dim=embed_dim, num_heads=num_heads)
 
 
-__all__ = ["BACKBONES", "CamClassifier", "ImagenetInput", "ResNetBackbone", "ResNetCam",
+__all__ = ["BACKBONES", "POOLINGS", "CamClassifier", "ImagenetInput", "ResNetBackbone", "ResNetCam",
            "VitCam", "build_cam_classifier"]

@@ -15,16 +15,17 @@ _DUPL_COMMON = {
 
 DUPL_PRESETS = {
     # CPU demo: two small ViT students (DeiT-Tiny layout cut to 4 blocks of width 128, 8-px
-    # patches for a 12×12 token grid on 96-px crops, LargeFOV of width 128) trained from
-    # scratch (no weights can be downloaded), batch 4 as the authors insist; the VOC phase
-    # table is rescaled to the run's length. The synthetic pretraining's ViT
-    # (train.init_weights: models/init/demo_vit.pth, pretrain/dvc.yaml) loads, but lowered the
-    # demo's val mIoU in two single-seed runs (0.32 vs 0.39, 0.18 vs 0.29), so it is not the default
+    # patches for a 12×12 token grid on 96-px crops, LargeFOV of width 128), batch 4 as the
+    # authors insist; the VOC phase table is rescaled to the run's length (classifier only to
+    # iteration 30, CAM pseudo labels from 30, the GMM noise filter and L_reg from 120 of 300).
+    # Initialised, as DuPL's DeiT-B by ImageNet, by the synthetic pretraining's ViT
+    # (pretrain/dvc.yaml: max-pooled classifier as DuPL's students; README "The ViT stand-in
+    # for ImageNet"); `train.init_weights: ""` trains from scratch
     "demo": {
         **_DUPL_COMMON,
         "iterations": 300, "batch_size": 4, "iter_size": 1, "crop": 96, "lr": 5e-4,
         "warmup_iter": 30, "checkpoint_every": 100, "log_every": 10, "num_workers": 0,
-        "init_weights": "", "schedule": "voc",
+        "init_weights": "models/init/demo_vit.pth", "schedule": "voc",
         "model": {"backbone": DEMO_VIT["vit_name"],
                   **{key: DEMO_VIT[key] for key in ("patch_size", "depth", "embed_dim", "num_heads")},
                   "decoder_width": 128},

@@ -1,0 +1,199 @@
+"""How well does a pretrained demo ViT stand in for ImageNet pretraining? Figures per variant.
+
+    python benchmarks/vit_standin.py pretrain --variant max900 [-S pretrain.vit_pooling=max ...]
+    python benchmarks/vit_standin.py evaluate --variant max900
+    python benchmarks/vit_standin.py dupl --variant max900 --seeds 0 1
+    python benchmarks/vit_standin.py dupl --variant scratch --seeds 0 1     # no init
+
+DuPL fine-tunes DeiT-B/16 pretrained on ImageNet-1k, and collapses without it (its authors,
+Wu0409/DuPL #13). What such an init gives DuPL, measured here for a stand-in:
+- `pretrain`: the demo ViT pretrained as `pretrain/dvc.yaml` does (`pretrain.pretrain`),
+  with params `pretrain` of pretrain/params.yaml and the `-S` overrides, into the scratch
+  folder data/vit_standin/<variant>/ (classifier, checkpoints, its init file, the
+  pretraining's report with held-out mAP and time). A classification set with other params
+  than pretrain/params.yaml's is rendered there too.
+- `evaluate`: the pretrained classifier (before any DuPL training) on the demo's val split:
+  CAM mIoU with the image-level GT (`cam.quality.cam_confusions`, the CAM classifier's
+  measure) at the background thresholds of `BKG_THRESHOLDS`, and, at the best of them, where
+  its CAMs put foreground (`synthetic.context.context_statistics`: share of object pixels
+  missed, share of the class-specific context labelled foreground, share of the other
+  background). An ImageNet DeiT localises objects before fine-tuning (its CAMs cover parts of
+  objects and little of the rest); a stand-in that does not gives DuPL's first phase
+  (classification only, then CAM pseudo labels) nothing to start from.
+- `dupl`: DuPL's demo preset trained from that init (or from scratch for `scratch`), per seed,
+  scored on val (no test: variants are chosen on val): mIoU of the chosen student, both
+  students' val CAM mIoU.
+Each command merges its figures into metrics/pretrain/vit_standin.json under the variant.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pretrain.config import load_pretrain_params
+from pretrain.pretrain import DATA_DIR, make_classification_set, pretrain_backbone, pretrain_config
+from wsss_core.cam import cam_to_val_label, multi_scale_cams
+from wsss_core.cam.quality import cam_confusions
+from wsss_core.config import VOC_NUM_CLASSES, load_params
+from wsss_core.data.classes import multi_hot, read_class_labels
+from wsss_core.data.datasets import resolve_split
+from wsss_core.data.transforms import to_bgr_mean_subtracted
+from wsss_core.io import read_image, read_json, write_json
+from wsss_core.methods import create_method
+from wsss_core.pipeline.infer import run_inference
+from wsss_core.pipeline.paths import RunPaths
+from wsss_core.pipeline.resolve import effective_train_config
+from wsss_core.pipeline.train import run_training
+from wsss_core.synthetic import CONTEXT_FOLDER
+from wsss_core.synthetic.context import context_statistics
+
+WORK = Path("data/vit_standin")
+CAM_CLASSIFIER = "cam_classifier"     # the demo's ResNet CAM classifier, for reference
+RESULTS = Path("metrics/pretrain/vit_standin.json")
+BKG_THRESHOLDS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
+# the params of the classification set itself (others only change the training)
+SET_KEYS = ("num_train", "num_val", "min_size", "max_size", "max_objects", "seed", "distractors",
+            "context", "part_focus")
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    overrides = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        key = key if key.startswith("pretrain.") else f"pretrain.{key}"
+        try:
+            overrides[key] = int(value)
+        except ValueError:
+            try:
+                overrides[key] = float(value)
+            except ValueError:
+                overrides[key] = value
+    return overrides
+
+
+def merge_results(variant: str, figures: dict) -> None:
+    results = read_json(RESULTS) if RESULTS.is_file() else {}
+    results[variant] = {**results.get(variant, {}), **figures}
+    write_json(RESULTS, results)
+
+
+def pretrain_variant(variant: str, overrides: dict, threads: int | None) -> dict:
+    p = load_pretrain_params(overrides=overrides)
+    if threads:
+        p = dataclasses.replace(p, threads=threads)
+    default = load_pretrain_params()
+    work = WORK / variant
+    data = DATA_DIR
+    if any(getattr(p, key) != getattr(default, key) for key in SET_KEYS):
+        data = work / "data"
+        if not (data / "cls_labels.json").is_file():
+            make_classification_set(p, data)
+    elif not (data / "cls_labels.json").is_file():
+        make_classification_set(p, data)
+    report = pretrain_backbone(p, "vit", data, model_dir=work / "model",
+                               init_file=work / "demo_vit.pth", metrics_dir=work)
+    figures = {"overrides": overrides, "pooling": report["pooling"],
+               "iterations": report["iterations"], "train_images": report["train_images"],
+               "threads": p.threads, "pretrain_time_s": report["train_time_s"],
+               "pretrain_cpu_s": report["process_cpu_time_s"], "held_out_map": report["val_map"],
+               "held_out_label_accuracy": report["val_label_accuracy"]}
+    merge_results(variant, figures)
+    return figures
+
+
+def classifier_of(variant: str) -> tuple[torch.nn.Module, dict]:
+    """The trained classifier and its configuration: a pretraining variant's, or for
+    `CAM_CLASSIFIER` the demo's CAM classifier (stage cam_classifier, models/cam_classifier)."""
+    if variant == CAM_CLASSIFIER:
+        config = effective_train_config(load_params(overrides={"method": "cam"}))
+        model_file = Path("models/cam_classifier/model.pth")
+    else:
+        overrides = read_json(RESULTS)[variant].get("overrides", {})
+        config = pretrain_config(load_pretrain_params(overrides=overrides), "vit")
+        model_file = WORK / variant / "model" / "model.pth"
+    model = create_method("cam", VOC_NUM_CLASSES, {**config, "init_weights": ""}).build_model()
+    model.load_state_dict(torch.load(model_file, map_location="cpu", weights_only=True))
+    return model.eval(), config
+
+
+@torch.no_grad()
+def evaluate_variant(variant: str) -> dict:
+    """The classifier's CAMs on the demo val split (a pretraining variant: before any DuPL
+    training)."""
+    model, config = classifier_of(variant)
+    params = load_params()
+    paths = RunPaths.defaults(params)
+    split = resolve_split(params, "val", paths.prepared)
+    class_labels = read_class_labels(paths.class_labels, VOC_NUM_CLASSES)
+    scales = config["method_options"].get("cam_scales", [1.0, 0.5, 1.5])
+    device = torch.device("cpu")
+    miou = {}
+    for threshold in BKG_THRESHOLDS:
+        matrix = cam_confusions({"net": model}, to_bgr_mean_subtracted, split, class_labels,
+                                VOC_NUM_CLASSES, device, scales, threshold)["net"]
+        miou[threshold] = float(matrix.scores()["miou"])
+    best = max(miou, key=miou.get)
+    labels = {}
+    for image_id in split.ids:
+        image = torch.from_numpy(to_bgr_mean_subtracted(read_image(split.image_path(image_id))))[None]
+        hot = torch.from_numpy(multi_hot(class_labels[image_id], VOC_NUM_CLASSES))[None]
+        cams, _ = multi_scale_cams(model, image, scales)
+        labels[image_id] = cam_to_val_label(cams, hot, best)[0].numpy().astype(np.uint8)
+    coverage = context_statistics(labels, split.gt_dir, split.image_dir.parent / CONTEXT_FOLDER,
+                                  list(split.ids), VOC_NUM_CLASSES)
+    result = {"val_cam_miou": {str(t): round(v, 4) for t, v in miou.items()},
+              "val_cam_miou_best": round(miou[best], 4), "best_bkg_threshold": best,
+              "val_cam_coverage": coverage}
+    merge_results(variant, result)
+    return result
+
+
+def dupl_variant(variant: str, seeds: list[int], threads: int | None) -> dict:
+    """DuPL's demo preset from the variant's init (scratch: none), val scores per seed."""
+    init = "" if variant == "scratch" else str(WORK / variant / "demo_vit.pth")
+    runs = {}
+    for seed in seeds:
+        params = load_params(overrides={"method": "dupl", "seed": seed, "train.init_weights": init,
+                                        "train.nproc": 1, "infer.nproc": 1, "infer.weights": ""})
+        cell = WORK / variant / f"dupl-seed{seed}"
+        paths = dataclasses.replace(RunPaths.defaults(params), model_dir=cell / "model",
+                                    logits=cell / "logits", predictions=cell / "predictions",
+                                    metrics=cell / "metrics")
+        started = time.time()
+        summary = run_training(params, paths, threads=threads)
+        val = run_inference(params, paths, "val", threads=threads)
+        runs[str(seed)] = {"val_miou": round(val["miou"], 4), "predictor": val.get("predictor"),
+                           "students_val_cam_miou": {k: round(v, 4) for k, v in
+                                                     val.get("cam_miou", {}).items()},
+                           "train_wall_time_s": summary["wall_time_s"],
+                           "wall_time_s": round(time.time() - started, 1)}
+        shutil.rmtree(cell / "logits", ignore_errors=True)
+    merge_results(variant, {"dupl_val": {**(read_json(RESULTS).get(variant, {}).get("dupl_val", {})
+                                            if RESULTS.is_file() else {}), **runs}})
+    return runs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("command", choices=("pretrain", "evaluate", "dupl"))
+    parser.add_argument("--variant", required=True)
+    parser.add_argument("-S", "--set", action="append", default=[], metavar="pretrain.KEY=VALUE")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.command == "pretrain":
+        print(pretrain_variant(args.variant, parse_overrides(args.set), args.threads))
+    elif args.command == "evaluate":
+        print(evaluate_variant(args.variant))
+    else:
+        print(dupl_variant(args.variant, args.seeds, args.threads))
+
+
+if __name__ == "__main__":
+    main()
