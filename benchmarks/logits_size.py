@@ -6,7 +6,8 @@ Writes one logits file per variant with `wsss_core.io.write_logits` (.npy, (C, h
 reports its size, and the total for VOC val (1 449 images) and COCO val (40 137) as if every
 image had this size and class count (COCO has 81 classes: `--classes 81`). The project stores
 DeepLab v2's stride-8 grid (375×500 → 48×63) as float16 and upsamples at CRF/scoring time; the
-original CDL code stored the same grid as float32, DuPL full-resolution float32 maps.
+original CDL code stored the same grid as float32, DuPL full-resolution float32 maps. The compact
+form (`infer.logits: compact`) and its DenseCRF agreement: `benchmarks/compact_logits.py`.
 """
 from __future__ import annotations
 

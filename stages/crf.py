@@ -1,7 +1,7 @@
 """Stage crf: DenseCRF refinement and scoring of the val logits and, where it has GT (the
 synthetic data), of the held-out test logits.
 
-Reads <logits>/<split>/<id>.npy, writes palette PNGs of class ids to <predictions>/<split>/<id>.png,
+Reads <logits>/<split>/<id>.npy (or compact .npz), writes palette PNGs of class ids to <predictions>/<split>/<id>.png,
 the scores with CRF (and, from the same pass, the no-CRF mIoU) to <metrics>/scores_crf.json and
 scores_crf_test.json + per-class CSVs; for val also the confusion matrix for `dvc plots`
 (<metrics>/confusion_crf.json) and a few image | GT | no CRF | CRF panels to

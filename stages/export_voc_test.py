@@ -1,6 +1,6 @@
 """Stage export_voc_test: VOC 2012 test predictions in the evaluation server's layout.
 
-Reads `<logits>/test/<id>.npy` (default data/logits/<method>/) for the ids of `data.voc12.test_list` (no GT needed),
+Reads `<logits>/test/<id>.npy` or `.npz` (default data/logits/<method>/) for the ids of `data.voc12.test_list` (no GT needed),
 writes `results/VOC2012/Segmentation/comp6_test_cls/<id>.png` (palette PNGs of class ids) and
 `results/voc2012_test_<method>.tar.gz` holding `results/VOC2012/...` for upload. DenseCRF
 (params `crf`, as the val stage) is applied unless `--no-crf`.

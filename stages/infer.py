@@ -1,6 +1,7 @@
 """Stage infer: multi-scale inference of the trained model on the val split (run under torchrun).
 
-Writes <logits>/val/<id>.npy ((C, h, w) logits, float16 unless infer.dtype says float32) and
+Writes <logits>/val/<id>.npy ((C, h, w) logits, float16 unless infer.dtype says float32; with
+infer.logits: compact <id>.npz, each cell's infer.compact_top_k most probable classes) and
 <metrics>/scores.json (no-CRF headline scores; for DuPL both students, the better one's logits go
 on to the CRF stage) + a per-class CSV. `--split test` (outside the DAG, for the VOC test server)
 writes <logits>/test/ with the model and predictor chosen on val.

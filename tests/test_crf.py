@@ -250,7 +250,7 @@ def _transposed(ds):
 
 @pytest.mark.parametrize("breakage, message", [
     (lambda ds: [p.unlink() for p in (ds["logits"] / "val").glob("*.npy")],
-     r"logits/val: no logits \(<id>\.npy\) found; run the infer stage first"),
+     r"logits/val: no logits \(<id>\.npy or \.npz\) found; run the infer stage first"),
     (lambda ds: (ds["logits"] / "val" / "v2.npy").unlink(), r"logits/val: 1 of 4 logits missing \(v2\.npy\)"),
     (lambda ds: (ds["root"] / "JPEGImages" / "v4.jpg").unlink(), r"JPEGImages: 1 of 4 images missing \(v4\.jpg\)"),
     (lambda ds: (ds["root"] / "SegmentationClassAug" / "v1.png").unlink(),

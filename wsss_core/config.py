@@ -334,6 +334,10 @@ class InferParams:
     nproc: int = 1
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float16", "float32"] = "float16"   # stored logits
+    # full: the (C, h, w) array, <id>.npy | compact: <id>.npz, at each cell the compact_top_k
+    # most probable classes and one log-sum-exp for the rest (wsss_core.io; for COCO's 81 classes)
+    logits: Literal["full", "compact"] = "full"
+    compact_top_k: int = 8
     # a trained checkpoint to evaluate instead of the train stage's models/<method>/model.pth
     # ("" = that one): this project's, deeplab-pytorch's, CDL's, DuPL's or ToCo's .pth
     # (wsss_core.models.checkpoints)
@@ -346,6 +350,13 @@ class InferParams:
 
     def validate(self, where: str) -> None:
         _check(self.nproc >= 1, f"{where}.nproc", "must be >= 1")
+        _check(1 <= self.compact_top_k <= 255, f"{where}.compact_top_k",
+               f"must be in 1..255 (classes kept per cell), got {self.compact_top_k}")
+
+    @property
+    def stored_top_k(self) -> int | None:
+        """The compact form's classes per cell, None for full logits (`io.store_logits`)."""
+        return self.compact_top_k if self.logits == "compact" else None
 
 
 @dataclass

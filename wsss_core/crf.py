@@ -30,7 +30,9 @@ from .io import (
     atomic_dir,
     atomic_path,
     colorize,
+    has_logits,
     image_size,
+    logits_file,
     read_image,
     read_json,
     read_label,
@@ -259,7 +261,7 @@ def refine_split(split: Split, logits_dir: str | Path, out_dir: str | Path, num_
                  settings: CrfSettings | None, *, ids: list[str] | None = None,
                  wrapped_mean: bool = False, n_jobs: int = -1, resume: bool = True,
                  desc: str = "crf", workers: Workers | None = None) -> RefineResult:
-    """Refine `<logits_dir>/<id>.npy` of `ids` (default: the split's list) into
+    """Refine `<logits_dir>/<id>.npy` (or compact `.npz`) of `ids` (default: the split's list) into
     `<out_dir>/<id>.png` (palette PNG of class ids) and score them if the split has GT.
 
     `settings` None writes the plain argmax of the upsampled logits (no CRF). Inputs are
@@ -272,15 +274,16 @@ def refine_split(split: Split, logits_dir: str | Path, out_dir: str | Path, num_
     ids = list(split.ids if ids is None else ids)
     if num_classes > IGNORE_INDEX:
         raise ValueError("uint8 label PNGs hold at most 255 classes")
-    if not logits_dir.is_dir() or not any(logits_dir.glob("*.npy")):
-        raise DataError(logits_dir, "no logits (<id>.npy) found; run the infer stage first")
-    _require_files(logits_dir, [logits_dir / f"{i}.npy" for i in ids], "logits")
+    if not has_logits(logits_dir):
+        raise DataError(logits_dir, "no logits (<id>.npy or .npz) found; run the infer stage first")
+    logits_paths = {i: logits_file(logits_dir, i) for i in ids}
+    _require_files(logits_dir, list(logits_paths.values()), "logits")
     _require_files(split.image_dir, [split.image_path(i) for i in ids], "images")
     has_gt = split.gt_dir is not None
     if has_gt:
         _require_files(split.gt_dir, [split.gt_path(i) for i in ids], "ground-truth labels")
 
-    inputs = {i: _file_key(logits_dir / f"{i}.npy") + _file_key(split.image_path(i)) for i in ids}
+    inputs = {i: _file_key(logits_paths[i]) + _file_key(split.image_path(i)) for i in ids}
     journal = _Journal(out_dir, {
         "crf": None if settings is None else dataclasses.asdict(settings),
         "wrapped_mean_image": bool(wrapped_mean and settings is not None),
@@ -291,7 +294,7 @@ def refine_split(split: Split, logits_dir: str | Path, out_dir: str | Path, num_
         # absolute paths: workers (joblib's reused processes, dask's) run in other directories
         out_path = out_dir / f"{image_id}.png"
         return _ImageJob(
-            image_id=image_id, logits_path=(logits_dir / f"{image_id}.npy").absolute(),
+            image_id=image_id, logits_path=logits_paths[image_id].absolute(),
             image_path=split.image_path(image_id).absolute(),
             gt_path=split.gt_path(image_id).absolute() if has_gt else None,
             out_path=out_path.absolute(),
@@ -334,8 +337,9 @@ def write_overlays(split: Split, logits_dir: str | Path, pred_dir: str | Path, i
         for image_id in ids:
             image = read_image(split.image_path(image_id))
             size = image.shape[:2]
-            logits = read_logits(logits_dir / f"{image_id}.npy", num_classes)
-            check_logits_grid(logits.shape[1:], size, logits_dir / f"{image_id}.npy")
+            logits_path = logits_file(logits_dir, image_id)
+            logits = read_logits(logits_path, num_classes)
+            check_logits_grid(logits.shape[1:], size, logits_path)
             plain = upsampled_softmax(logits, size).argmax(axis=0)
             refined = read_label(pred_dir / f"{image_id}.png", num_classes, expected_hw=size)
             panels = [image]

@@ -16,7 +16,7 @@ from joblib import Parallel, delayed
 
 from .cli import progress
 from .data.datasets import Split
-from .io import read_label, read_logits
+from .io import logits_file, read_label, read_logits
 from .metrics import ConfusionMatrix
 
 
@@ -73,7 +73,7 @@ def label_file_prediction(folder: Path, image_id: str, num_classes: int, gt: np.
 
 
 def logits_file_prediction(folder: Path, image_id: str, num_classes: int, gt: np.ndarray) -> np.ndarray:
-    logits = read_logits(folder / f"{image_id}.npy", num_classes)
+    logits = read_logits(logits_file(folder, image_id), num_classes)
     return upsample_bilinear(logits, gt.shape).argmax(0)
 
 
@@ -89,7 +89,7 @@ def _score_chunk(predict: Callable, folder: Path, split: Split, ids: list[str],
 def score_folder(folder: str | Path, split: Split, num_classes: int, kind: str = "labels",
                  n_jobs: int = 1, chunk_size: int = 32) -> ConfusionMatrix:
     """Confusion matrix over the split of `<folder>/<id>.png` (kind="labels") or of
-    argmax(upsampled `<folder>/<id>.npy`) (kind="logits")."""
+    argmax(upsampled `<folder>/<id>.npy` or compact `.npz`) (kind="logits")."""
     predict = {"labels": label_file_prediction, "logits": logits_file_prediction}[kind]
     ids = split.ids
     chunks = [ids[i:i + chunk_size] for i in range(0, len(ids), chunk_size)]

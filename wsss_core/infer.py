@@ -1,7 +1,8 @@
-"""Multi-scale inference to `.npy` logits, sharded over torchrun ranks, resumable.
+"""Multi-scale inference to logits files, sharded over torchrun ranks, resumable.
 
 Each rank takes every world_size-th image, runs the method's predictors (their own multi-scale
-logic) and writes one `(C, h, w)` file per image and predictor, float16 by default, atomically.
+logic) and writes one file per image and predictor, atomically: the `(C, h, w)` array
+(`<id>.npy`, float16 by default) or its compact form (`<id>.npz`, each cell's top classes).
 A folder remembers which model wrote it (`MODEL_STAMP`); files of another model are discarded.
 It also remembers the sha256 of the image each file was computed from (`IMAGE_DIGESTS`: one JSON
 line `[id, digest]` per file, each rank appending to its own `.rank<k>` shard, merged by rank 0);
@@ -31,7 +32,7 @@ from .data.datasets import Split
 from .distributed import Context, barrier, gather_object
 from .errors import DataError, os_problem
 from .evaluate import upsample_bilinear
-from .io import read_image, read_label, write_logits, write_text
+from .io import logits_path, logits_shape, read_image, read_label, store_logits, write_text
 from .metrics import ConfusionMatrix
 from .models import unwrap
 from .precision import autocast
@@ -49,12 +50,12 @@ def file_digest(path: Path) -> str:
 
 
 def valid_logits(path: Path, num_classes: int) -> bool:
-    """A complete logits file of the right class count (only the header is read)."""
+    """A complete logits file (full .npy or compact .npz) of the right class count (of a full
+    file only the header is read)."""
     try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError):
+        return logits_shape(path)[0] == num_classes
+    except DataError:
         return False
-    return arr.ndim == 3 and arr.shape[0] == num_classes
 
 
 def _read_digest_lines(path: Path) -> dict[str, str]:
@@ -172,8 +173,11 @@ def score_split(model: torch.nn.Module, predictors: dict, normalize, split: Spli
 @torch.no_grad()
 def infer_logits(model: torch.nn.Module, predictors: dict, normalize, split: Split,
                  out_dirs: dict[str, Path], num_classes: int, ctx: Context,
-                 dtype: str = "float16", precision: str = "fp32") -> int:
-    """Write `<out_dirs[name]>/<id>.npy` for this rank's share of the split; returns files written."""
+                 dtype: str = "float16", precision: str = "fp32", *,
+                 compact_top_k: int | None = None) -> int:
+    """Write `<out_dirs[name]>/<id>.npy` for this rank's share of the split, or compact `<id>.npz`
+    keeping each cell's `compact_top_k` most probable classes (`io.store_logits`); returns
+    files written. A file of the other form counts as missing (and is replaced)."""
     model.eval()
     ids = split.ids[ctx.rank::ctx.world_size]
     recorded = {name: image_digests(out_dirs[name]) for name in predictors}
@@ -182,14 +186,16 @@ def infer_logits(model: torch.nn.Module, predictors: dict, normalize, split: Spl
     for image_id in progress(ids, "inference"):
         image_path = split.image_path(image_id)
         digest = _image_digest(image_path)
-        todo = {name: out_dirs[name] / f"{image_id}.npy" for name in predictors}
+        todo = {name: logits_path(out_dirs[name], image_id, compact_top_k is not None)
+                for name in predictors}
         todo = {name: path for name, path in todo.items()
                 if recorded[name].get(image_id) != digest or not valid_logits(path, num_classes)}
         if not todo:
             continue
         image = normalize(read_image(image_path))
-        for name, path in todo.items():
-            write_logits(path, _logits(predictors[name], model, image, ctx, precision), dtype)
+        for name in todo:
+            store_logits(out_dirs[name], image_id, _logits(predictors[name], model, image, ctx,
+                                                           precision), dtype, compact_top_k)
             _record_digest(shards[name], image_id, digest)  # after the file: never ahead of it
             written += 1
     barrier()

@@ -1,5 +1,6 @@
-"""Stage infer: multi-scale inference of the val and test splits to `.npy` logits and their
-no-CRF scores (under torchrun: the images are sharded over the ranks)."""
+"""Stage infer: multi-scale inference of the val and test splits to logits files (`.npy`, or
+compact `.npz` with `infer.logits: compact`) and their no-CRF scores (under torchrun: the images
+are sharded over the ranks)."""
 from __future__ import annotations
 
 import shutil
@@ -62,7 +63,8 @@ def infer_split(run: ResolvedRun, paths: RunPaths, split_name: str,
         for folder in out_dirs.values():
             prepare_output(folder, digest, ctx)
         infer_logits(model, predictors, record.normalize, split, out_dirs, params.num_classes,
-                     ctx, params.infer.dtype, params.infer.precision)
+                     ctx, params.infer.dtype, params.infer.precision,
+                     compact_top_k=params.infer.stored_top_k)
         if not ctx.is_main or split.gt_dir is None:
             return None
         names = class_names(params)

@@ -21,7 +21,7 @@ class RunPaths:
     prepared: Path        # the prepare stage's output for the dataset (data/prepared/<dataset>)
     pseudo_labels: Path   # the train split's pseudo labels (data/pseudo_labels/<name>)
     model_dir: Path       # model.pth, config.json, checkpoints/ (models/<method>)
-    logits: Path          # <split>/<id>.npy, per method (data/logits/<method>)
+    logits: Path          # <split>/<id>.npy (compact: .npz), per method (data/logits/<method>)
     predictions: Path     # <split>/<id>.png after the CRF (data/predictions/<method>)
     metrics: Path         # metric files, DVCLive curves, plots (metrics)
     # the CAM classifier of pseudo_labels.source cams/dupl: model, checkpoints, its training
