@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from wsss_core.cam.store import save_cams
 from wsss_core.data.coco import render_mask
 from wsss_core.io import IGNORE_INDEX, label_to_png_image, write_id_list, write_logits
 
@@ -181,6 +180,9 @@ class Pool:
     """`size` rendered samples with their derived files (image, GT, logits, CAMs) on disk."""
 
     def __init__(self, spec: DatasetSpec, folder: Path, size: int, scale: float = 1.0, seed: int = 0):
+        # here, not at the top: importing torch would be in every measured child's RSS
+        from wsss_core.cam.store import save_cams
+
         self.spec, self.folder, self.size = spec, Path(folder), size
         self.folder.mkdir(parents=True, exist_ok=True)
         self.samples = [render_sample(spec, i, seed, scale) for i in range(size)]
