@@ -20,7 +20,7 @@ long tail), rendered once into a pool of distinct samples before anything is tim
 dataset's ids are hard links to the pool, so the real counts cost neither disk nor time.
 
 Stages: the project's own functions, each run in a fresh child process per (count, n_jobs), so
-its peak RSS (`ru_maxrss` of the child and of the processes it waited for) is that run's; only
+its peak RSS (VmHWM of the child, or of a process it waited for) is that run's; only
 the stage call is timed (not the interpreter start or the fixtures):
 
 - prepare: `pipeline.prepare.prepare_dataset` (VOC: checks every image and GT and derives the
@@ -265,6 +265,19 @@ def run_child(layout: Layout, stage: str, n: int, n_jobs: int) -> dict:
     return result
 
 
+def peak_rss_kib() -> int:
+    """This process's peak RSS in KiB: Linux's VmHWM (the peak of this program's own memory;
+    `ru_maxrss` would keep the forking parent's peak across exec), else `ru_maxrss`; with the
+    processes it waited for (infer's ranks) where their peak is higher."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        with open("/proc/self/status") as status:
+            own = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration, ValueError):
+        pass
+    return max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+
+
 def child_main(task: dict) -> None:
     n_jobs = task["n_jobs"]
     if hasattr(os, "sched_setaffinity"):
@@ -275,10 +288,8 @@ def child_main(task: dict) -> None:
     run_dir = Path(task["run_dir"])
     runner = globals()[f"_stage_{task['stage']}"]
     seconds, images, out = runner(layout, task["n"], n_jobs, run_dir)
-    rss_kib = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                  resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     result = {"seconds": seconds, "images": images, "bytes": sum(folder_bytes(p) for p in out),
-              "rss_mib": rss_kib / 1024}
+              "rss_mib": peak_rss_kib() / 1024}
     (run_dir / "result.json").write_text(json.dumps(result))
 
 
