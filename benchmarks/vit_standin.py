@@ -4,6 +4,7 @@
     python benchmarks/vit_standin.py evaluate --variant max900
     python benchmarks/vit_standin.py dupl --variant max900 --seeds 0 1
     python benchmarks/vit_standin.py dupl --variant scratch --seeds 0 1     # no init
+    python benchmarks/vit_standin.py dupl --variant max900 --iterations 600  # a longer DuPL run
 
 DuPL fine-tunes DeiT-B/16 pretrained on ImageNet-1k, and collapses without it (its authors,
 Wu0409/DuPL #13). What such an init gives DuPL, measured here for a stand-in:
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
 import shutil
 import time
 from pathlib import Path
@@ -78,9 +80,17 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 
 def merge_results(variant: str, figures: dict) -> None:
-    results = read_json(RESULTS) if RESULTS.is_file() else {}
-    results[variant] = {**results.get(variant, {}), **figures}
-    write_json(RESULTS, results)
+    """Merge `figures` into the variant's entry; locked, as variants may run side by side."""
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = read_json(RESULTS) if RESULTS.is_file() else {}
+        entry = results.get(variant, {})
+        for key, value in figures.items():   # per-seed entries add up across runs
+            entry[key] = {**entry[key], **value} if isinstance(entry.get(key), dict) and \
+                isinstance(value, dict) and key.startswith("dupl_val") else value
+        results[variant] = entry
+        write_json(RESULTS, results)
 
 
 def pretrain_variant(variant: str, overrides: dict, threads: int | None) -> dict:
@@ -154,14 +164,26 @@ def evaluate_variant(variant: str) -> dict:
     return result
 
 
-def dupl_variant(variant: str, seeds: list[int], threads: int | None) -> dict:
-    """DuPL's demo preset from the variant's init (scratch: none), val scores per seed."""
+def filtered_share(metrics: Path) -> float | None:
+    """Mean share of pixels DuPL's GMM filter ignored, over the logged steps where it ran."""
+    rows = (metrics / "train/plots/metrics/train/filtered.tsv").read_text().split("\n")[1:]
+    values = [float(row.split("\t")[1]) for row in rows if row.strip()]
+    active = [v for v in values if v > 0]
+    return round(float(np.mean(active)), 4) if active else None
+
+
+def dupl_variant(variant: str, seeds: list[int], threads: int | None,
+                 iterations: int | None = None) -> dict:
+    """DuPL's demo preset from the variant's init (scratch: none), val scores per seed; with
+    `iterations`, a run of that length (the phase table rescaled to it) under its own key."""
     init = "" if variant == "scratch" else str(WORK / variant / "demo_vit.pth")
+    key, tag = ("dupl_val", "") if iterations is None else (f"dupl_val_{iterations}it", f"{iterations}it")
     runs = {}
     for seed in seeds:
         params = load_params(overrides={"method": "dupl", "seed": seed, "train.init_weights": init,
-                                        "train.nproc": 1, "infer.nproc": 1, "infer.weights": ""})
-        cell = WORK / variant / f"dupl-seed{seed}"
+                                        "train.nproc": 1, "infer.nproc": 1, "infer.weights": "",
+                                        "train.iterations": iterations})
+        cell = WORK / variant / f"dupl{tag}-seed{seed}"
         paths = dataclasses.replace(RunPaths.defaults(params), model_dir=cell / "model",
                                     logits=cell / "logits", predictions=cell / "predictions",
                                     metrics=cell / "metrics")
@@ -171,11 +193,11 @@ def dupl_variant(variant: str, seeds: list[int], threads: int | None) -> dict:
         runs[str(seed)] = {"val_miou": round(val["miou"], 4), "predictor": val.get("predictor"),
                            "students_val_cam_miou": {k: round(v, 4) for k, v in
                                                      val.get("cam_miou", {}).items()},
+                           "gmm_filtered_share": filtered_share(paths.metrics),
                            "train_wall_time_s": summary["wall_time_s"],
                            "wall_time_s": round(time.time() - started, 1)}
         shutil.rmtree(cell / "logits", ignore_errors=True)
-    merge_results(variant, {"dupl_val": {**(read_json(RESULTS).get(variant, {}).get("dupl_val", {})
-                                            if RESULTS.is_file() else {}), **runs}})
+        merge_results(variant, {key: {str(seed): runs[str(seed)]}})
     return runs
 
 
@@ -186,13 +208,14 @@ def main() -> None:
     parser.add_argument("-S", "--set", action="append", default=[], metavar="pretrain.KEY=VALUE")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--iterations", type=int, default=None, help="DuPL's run length")
     args = parser.parse_args()
     if args.command == "pretrain":
         print(pretrain_variant(args.variant, parse_overrides(args.set), args.threads))
     elif args.command == "evaluate":
         print(evaluate_variant(args.variant))
     else:
-        print(dupl_variant(args.variant, args.seeds, args.threads))
+        print(dupl_variant(args.variant, args.seeds, args.threads, args.iterations))
 
 
 if __name__ == "__main__":
