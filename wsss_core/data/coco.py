@@ -17,7 +17,9 @@ writes from an `instances_{train,val}2014.json` with pycocotools:
   byte-identically across runs and carries (in a PNG text chunk, `DIGEST_KEY`) a digest of what it
   was rendered from: the image's size, its annotations and the crowd policy. An existing valid
   mask with the same digest is kept, so an interrupted run resumes, and a mask whose annotations
-  changed (or that an older version wrote without a digest) is rendered again.
+  changed (or that an older version wrote without a digest) is rendered again;
+- memory does not grow with the annotations (`convert_coco`): the file is streamed (ijson), its
+  annotations spilled to a temporary SQLite file beside the masks and read back chunk by chunk.
 """
 from __future__ import annotations
 
