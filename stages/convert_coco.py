@@ -8,8 +8,7 @@ import argparse
 from pathlib import Path
 
 from wsss_core.cli import run_stage
-from wsss_core.data.coco import CROWD_POLICIES, coco_image_ids, convert_coco
-from wsss_core.io import write_id_list
+from wsss_core.data.coco import CROWD_POLICIES, convert_coco
 
 
 def main() -> None:
@@ -21,9 +20,8 @@ def main() -> None:
     parser.add_argument("--crowd", choices=CROWD_POLICIES, default="ignore",
                         help="what crowd regions become: 255 (ignore, default), their class, or background")
     args = parser.parse_args()
-    summary = convert_coco(args.annotation_json, args.out_dir, n_jobs=args.n_jobs, crowd=args.crowd)
-    if args.out_list is not None:
-        write_id_list(args.out_list, coco_image_ids(args.annotation_json))
+    summary = convert_coco(args.annotation_json, args.out_dir, n_jobs=args.n_jobs, crowd=args.crowd,
+                           id_list=args.out_list)
     print(f"{args.annotation_json.name}: {summary['images']} images ({summary['written']} written, "
           f"{summary['skipped']} kept), {summary['annotations']} annotations "
           f"({summary['crowd_annotations']} crowd), {summary['empty_images']} images without "

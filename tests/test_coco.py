@@ -14,7 +14,15 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from wsss_core.config import params_from_dict
-from wsss_core.data.coco import DIGEST_KEY, category_map, coco_image_ids, convert_coco, render_mask
+from wsss_core.data.coco import (
+    DIGEST_KEY,
+    _write_mask,
+    annotations_digest,
+    category_map,
+    coco_image_ids,
+    convert_coco,
+    render_mask,
+)
 from wsss_core.data.datasets import resolve_split, subset_label
 from wsss_core.errors import DataError
 from wsss_core.io import voc_palette, write_id_list, write_image, write_label, write_logits
@@ -325,3 +333,155 @@ def test_val_part_is_scored_and_named_in_the_metric_files(tmp_path):
     report = run_crf(whole, paths)
     assert report["images"] == 3 and "subset" not in report
     assert "subset" not in json.loads(paths.scores_of("val", crf=True).read_text())
+
+
+# --------------------------------------------------------------------------- streamed conversion
+def _scattered_instances_json(seed: int = 3) -> dict:
+    """Twelve images of three sizes whose annotations (polygons, compressed and uncompressed RLE,
+    crowds of both forms, overlaps, equal areas) are shuffled across the file, which lists the
+    annotations before the images and categories."""
+    rng = np.random.default_rng(seed)
+    sizes = [(20, 30), (16, 24), (25, 18)]
+    images = [{"id": 100 + 7 * i, "file_name": f"COCO_val2014_{100 + 7 * i:012d}.jpg",
+               "height": sizes[i % 3][0], "width": sizes[i % 3][1]} for i in range(12)]
+    annotations, next_id = [], 500
+    for image in images[:-1]:                      # the last image has no annotation
+        h, w = image["height"], image["width"]
+        for k in range(int(rng.integers(1, 6))):
+            x0, y0 = int(rng.integers(0, w - 4)), int(rng.integers(0, h - 4))
+            x1, y1 = int(rng.integers(x0 + 2, w + 1)), int(rng.integers(y0 + 2, h + 1))
+            form = k % 4
+            if form == 0:      # a float polygon (a triangle) and a rectangle: one instance
+                segmentation = [[x0 + 0.25, y0 + 0.5, x1 - 0.3, y0 + 0.7, x0 + 0.1, y1 - 0.45],
+                                rect_polygon(x0, y0, x1, y1)]
+            elif form == 1:
+                segmentation = compressed_rle(box(x0, y0, x1, y1, (h, w)))
+            elif form == 2:
+                segmentation = uncompressed_rle(box(x0, y0, x1, y1, (h, w)))
+            else:
+                segmentation = [rect_polygon(x0, y0, x1, y1)]
+            annotations.append({"id": next_id, "image_id": image["id"],
+                                "category_id": int(rng.choice(COCO_IDS)),
+                                "iscrowd": int(form == 2 or (form == 3 and k == 3)),
+                                "segmentation": segmentation, "area": 0.0, "bbox": [0, 0, 1, 1]})
+            next_id += int(rng.integers(1, 4))
+    annotations = [annotations[i] for i in rng.permutation(len(annotations))]
+    categories = [{"id": cid, "name": f"c{cid}"} for cid in COCO_IDS[::-1]]
+    return {"annotations": annotations, "info": {"year": 2014}, "images": images[::-1],
+            "categories": categories}
+
+
+def _in_memory_reference(data: dict, crowd: str) -> dict[str, tuple[np.ndarray, str]]:
+    """The straightforward rendering: the whole file in memory, annotations grouped per image
+    in file order; stem → (mask, digest)."""
+    classes = category_map(data["categories"])
+    per_image: dict[int, list] = {}
+    for ann in data["annotations"]:
+        per_image.setdefault(ann["image_id"], []).append(
+            (ann["id"], classes[ann["category_id"]], ann["iscrowd"], ann["segmentation"]))
+    reference = {}
+    for image in data["images"]:
+        anns = per_image.get(image["id"], [])
+        h, w = image["height"], image["width"]
+        reference[Path(image["file_name"]).stem] = (render_mask(h, w, anns, crowd),
+                                                    annotations_digest(h, w, anns, crowd))
+    return reference
+
+
+@pytest.mark.parametrize("crowd, n_jobs, chunk_size", [("ignore", 1, 256), ("ignore", 2, 2),
+                                                       ("class", 2, 3)])
+def test_streamed_conversion_equals_in_memory_rendering(tmp_path, crowd, n_jobs, chunk_size):
+    data = _scattered_instances_json()
+    path = tmp_path / "instances_val2014.json"
+    path.write_text(json.dumps(data))
+    out, id_list = tmp_path / "masks", tmp_path / "val.txt"
+    summary = convert_coco(path, out, n_jobs=n_jobs, progress=False, crowd=crowd,
+                           chunk_size=chunk_size, id_list=id_list)
+    annotated = {a["image_id"] for a in data["annotations"]}
+    assert summary == {"images": 12, "written": 12, "skipped": 0,
+                       "annotations": len(data["annotations"]),
+                       "crowd_annotations": sum(a["iscrowd"] for a in data["annotations"]),
+                       "empty_images": 12 - len(annotated), "categories": 80}
+    assert 0 < summary["crowd_annotations"] < summary["annotations"]
+    reference = _in_memory_reference(data, crowd)
+    if crowd == "ignore":   # crowd regions outside every instance: the RLE and polygon crowds show
+        assert any((mask == 255).any() for mask, _ in reference.values())
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{stem}.png" for stem in reference)
+    reference_dir = tmp_path / "reference"
+    reference_dir.mkdir()
+    for stem, (mask, digest) in reference.items():
+        np.testing.assert_array_equal(read_png(out / f"{stem}.png"), mask, err_msg=stem)
+        assert Image.open(out / f"{stem}.png").info[DIGEST_KEY] == digest, stem
+        _write_mask(reference_dir / f"{stem}.png", mask, digest)
+        assert (out / f"{stem}.png").read_bytes() == (reference_dir / f"{stem}.png").read_bytes(), stem
+    assert id_list.read_text().split() == sorted(reference) == coco_image_ids(path)
+    # the annotations' spill is gone; a second run keeps every mask
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["instances_val2014.json", "masks",
+                                                          "reference", "val.txt"]
+    assert convert_coco(path, out, n_jobs=n_jobs, progress=False, crowd=crowd,
+                        chunk_size=chunk_size)["skipped"] == 12
+
+
+def _truncated(text: str) -> str:
+    return text[: text.index('"annotations"') + 200]   # inside the annotations
+
+
+def _late_bad_category(data: dict) -> dict:
+    data["annotations"][-1]["category_id"] = 12
+    return data
+
+
+@pytest.mark.parametrize("make, problem", [
+    (lambda: _truncated(json.dumps(instances_json())), "malformed JSON (parse error: premature EOF)"),
+    (lambda: json.dumps(instances_json()) + " {}", "malformed JSON (parse error: trailing garbage)"),
+    (lambda: json.dumps(instances_json()).replace('"c90"', '"c9\udcff0"'), "malformed JSON"),
+    (lambda: "", "malformed JSON"),
+    (lambda: "[]", "top level is not an object"),
+    (lambda: json.dumps(instances_json())[:-1] + ', "images": []}',
+     "the key 'images' appears twice at the top level"),
+    (lambda: json.dumps(_late_bad_category(instances_json())),
+     "annotation 10 refers to unknown category id 12"),
+])
+def test_corrupt_json_is_one_line_error_naming_the_file(tmp_path, make, problem):
+    path = tmp_path / "instances_train2014.json"
+    path.write_bytes(make().encode("utf-8", "surrogateescape"))
+    out = tmp_path / "masks"
+    with pytest.raises(DataError) as info:
+        convert_coco(path, out, progress=False, id_list=tmp_path / "train.txt")
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and problem in message and "\n" not in message
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]   # no masks, list or spill
+    if "malformed" in problem:
+        with pytest.raises(DataError, match="malformed JSON"):
+            coco_image_ids(path)
+
+
+def test_prepare_converts_coco_and_writes_the_lists_from_one_read(tmp_path, monkeypatch):
+    """The prepare stage's COCO branch: masks and the missing id lists from the annotation files
+    (the list comes from the conversion's own read of each file, not from a second one)."""
+    from wsss_core.data import coco
+    from wsss_core.pipeline.prepare import prepare_dataset
+
+    root = tmp_path / "coco"
+    data = instances_json()
+    for folder in ("train2014", "val2014"):
+        (root / "annotations").mkdir(parents=True, exist_ok=True)
+        (root / "annotations" / f"instances_{folder}.json").write_text(json.dumps(data))
+        for image in data["images"]:
+            write_image(root / folder / image["file_name"],
+                        np.zeros((image["height"], image["width"], 3), np.uint8))
+    scans = []
+    scan = coco._scan_images_and_categories
+    monkeypatch.setattr(coco, "_scan_images_and_categories", lambda path: scans.append(path) or scan(path))
+    params = params_from_dict({"dataset": "coco14", "data": {"coco14": {"root": str(root), "n_jobs": 1}},
+                               "pseudo_labels": {"source": "files", "path": "labels"}})
+    summary = prepare_dataset(params, tmp_path / "prepared")
+    assert {name: split["images"] for name, split in summary["splits"].items()} == {"train": 4, "val": 4}
+    assert [p.name for p in scans] == ["instances_train2014.json", "instances_val2014.json"]
+    stems = [f"COCO_train2014_{i:012d}" for i in (9, 25, 30, 42)]
+    for name, folder in (("train", "train2014"), ("val", "val2014")):
+        assert (root / f"{name}.txt").read_text().split() == stems
+        for stem, mask in expected_masks().items():
+            np.testing.assert_array_equal(read_png(root / "SegmentationClass" / folder / f"{stem}.png"), mask)
+    assert sorted(p.name for p in root.iterdir()) == ["SegmentationClass", "annotations", "train.txt",
+                                                      "train2014", "val.txt", "val2014"]

@@ -19,10 +19,10 @@ from joblib import Parallel, delayed
 from ..cli import progress
 from ..config import Params
 from ..data.classes import classes_in_label, read_class_labels, write_class_labels
-from ..data.coco import coco_image_ids, convert_coco
+from ..data.coco import convert_coco
 from ..data.datasets import SYNTHETIC_FOLDER, Split, resolve_split, voc_layout_split
 from ..errors import DataError
-from ..io import atomic_dir, image_size, read_label, write_id_list, write_json
+from ..io import atomic_dir, image_size, read_label, write_json
 from ..synthetic import generate_dataset
 from .paths import RunPaths
 from .resolve import resolve_run
@@ -59,9 +59,9 @@ def _convert_coco_masks(params: Params) -> None:
             if not split.gt_dir.is_dir():
                 raise DataError(ann, f"annotation file not found and no masks in {split.gt_dir}")
             continue  # masks already there, annotations not needed
-        convert_coco(ann, split.gt_dir, n_jobs=cfg.n_jobs)
-        if not split.list_file.is_file():
-            write_id_list(split.list_file, coco_image_ids(ann))
+        # the id list comes from the same read of the file as the masks
+        convert_coco(ann, split.gt_dir, n_jobs=cfg.n_jobs,
+                     id_list=None if split.list_file.is_file() else split.list_file)
 
 
 def prepare_dataset(params: Params, out: Path) -> dict:
