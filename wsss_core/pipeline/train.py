@@ -3,7 +3,10 @@ validation on val when `train.val_every` is set; writes the model, its effective
 checkpoints, DVCLive curves and the run's summary."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..config import Params
+from ..data.classes import read_class_labels
 from ..data.datasets import resolve_split
 from ..data.train_set import TrainSet
 from ..distributed import distributed
@@ -26,9 +29,11 @@ def write_train_summary(paths: RunPaths, summary: dict, run_config: dict) -> Non
         **({"loss": losses["loss"]} if "loss" in losses else {})})
 
 
-def val_scorer(run: ResolvedRun, val_split, ctx):
+def val_scorer(run: ResolvedRun, val_split, ctx, class_labels: Path):
     """`validate(model, iteration)` for the loop: val mIoU without CRF, the better predictor's
-    (as inference picks it), with the inference stage's forward and the one metric."""
+    (as inference picks it), with the inference stage's forward and the one metric; plus the
+    method's val extras (e.g. each DuPL student's CAM mIoU: how the CAMs move through the
+    phases), flattened to `<name>_<key>` numbers for the curves."""
     params, predictors = run.params, run.record.predictors(run.config)
 
     def validate(model, iteration: int) -> dict | None:
@@ -40,7 +45,14 @@ def val_scorer(run: ResolvedRun, val_split, ctx):
             return None
         mious = {name: m.scores()["miou"] for name, m in matrices.items()}
         each = {f"miou_{name}": v for name, v in mious.items()} if len(mious) > 1 else {}
-        return {"miou": max(mious.values(), key=lambda v: -1.0 if v is None else v), **each}
+        scores = {"miou": max(mious.values(), key=lambda v: -1.0 if v is None else v), **each}
+        if run.record.val_extras is not None:
+            extras = run.record.val_extras(model, val_split, read_class_labels(
+                class_labels, params.num_classes), ctx.device, run.method)
+            for name, value in extras.items():
+                scores.update({f"{name}_{k}": v for k, v in value.items()}
+                              if isinstance(value, dict) else {name: value})
+        return scores
     return validate
 
 
@@ -73,7 +85,8 @@ def train_run(run: ResolvedRun, paths: RunPaths, threads: int | None = None) -> 
     run_config = {"method": params.method, "dataset": params.dataset,
                   "num_classes": params.num_classes, **config}
     with distributed(params.train.device, threads) as ctx:
-        validate = val_scorer(run, val_split, ctx) if val_split is not None else None
+        validate = (val_scorer(run, val_split, ctx, paths.class_labels)
+                    if val_split is not None else None)
         summary = train(method, dataset, ctx, identity, paths.model_dir, paths.live_dir,
                         validate)
         if ctx.is_main:
