@@ -1,6 +1,7 @@
 """How well does a pretrained demo ViT stand in for ImageNet pretraining? Figures per variant.
 
-    python benchmarks/vit_standin.py pretrain --variant max900 [-S pretrain.vit_pooling=max ...]
+    python benchmarks/vit_standin.py pretrain --variant max900 -S vit.num_train=2700 \
+        -S vit.context=0.8 -S vit.part_focus=0.5 -S vit.iterations=900 [-S vit.pooling=max ...]
     python benchmarks/vit_standin.py evaluate --variant max900
     python benchmarks/vit_standin.py dupl --variant max900 --seeds 0 1
     python benchmarks/vit_standin.py dupl --variant scratch --seeds 0 1     # no init
@@ -9,10 +10,11 @@
 DuPL fine-tunes DeiT-B/16 pretrained on ImageNet-1k, and collapses without it (its authors,
 Wu0409/DuPL #13). What such an init gives DuPL, measured here for a stand-in:
 - `pretrain`: the demo ViT pretrained as `pretrain/dvc.yaml` does (`pretrain.pretrain`),
-  with params `pretrain` of pretrain/params.yaml and the `-S` overrides, into the scratch
-  folder data/vit_standin/<variant>/ (classifier, checkpoints, its init file, the
-  pretraining's report with held-out mAP and time). A classification set with other params
-  than pretrain/params.yaml's is rendered there too.
+  with params `pretrain` of pretrain/params.yaml and the `-S` overrides (keys of that group:
+  `vit.num_train`, `vit.iterations`, `vit.pooling`, `seed`, ...), into the scratch folder
+  data/vit_standin/<variant>/ (classifier, checkpoints, its init file, the pretraining's
+  report with held-out mAP and time). A classification set with other params than
+  pretrain/params.yaml's ViT set (data/pretrain/vit, the pipeline's) is rendered there too.
 - `evaluate`: the pretrained classifier (before any DuPL training) on the demo's val split:
   CAM mIoU with the image-level GT (`cam.quality.cam_confusions`, the CAM classifier's
   measure) at the background thresholds of `BKG_THRESHOLDS`, and, at the best of them, where
@@ -39,7 +41,7 @@ import numpy as np
 import torch
 
 from pretrain.config import load_pretrain_params
-from pretrain.pretrain import DATA_DIR, make_classification_set, pretrain_backbone, pretrain_config
+from pretrain.pretrain import DATA_DIRS, make_classification_set, pretrain_backbone, pretrain_config
 from wsss_core.cam import cam_to_val_label, multi_scale_cams
 from wsss_core.cam.quality import cam_confusions
 from wsss_core.config import VOC_NUM_CLASSES, load_params
@@ -59,12 +61,22 @@ WORK = Path("data/vit_standin")
 CAM_CLASSIFIER = "cam_classifier"     # the demo's ResNet CAM classifier, for reference
 RESULTS = Path("metrics/pretrain/vit_standin.json")
 BKG_THRESHOLDS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
-# the params of the classification set itself (others only change the training)
-SET_KEYS = ("num_train", "num_val", "min_size", "max_size", "max_objects", "seed", "distractors",
-            "context", "part_focus")
+# the params of the ViT's classification set itself, keys of group `pretrain` (the shared set
+# keys and the ViT's own; others only change the training)
+SET_KEYS = ("min_size", "max_size", "max_objects", "seed", "distractors",
+            "vit.num_train", "vit.num_val", "vit.context", "vit.part_focus")
+
+
+def param(p, key: str):
+    """The value of a dotted key of group `pretrain` (`seed`, `vit.num_train`)."""
+    for name in key.split("."):
+        p = getattr(p, name)
+    return p
 
 
 def parse_overrides(pairs: list[str]) -> dict:
+    """`-S key=value` pairs as overrides of group `pretrain` (`vit.num_train=5400` →
+    `pretrain.vit.num_train`), values as int, float or string."""
     overrides = {}
     for pair in pairs:
         key, _, value = pair.partition("=")
@@ -99,13 +111,11 @@ def pretrain_variant(variant: str, overrides: dict, threads: int | None) -> dict
         p = dataclasses.replace(p, threads=threads)
     default = load_pretrain_params()
     work = WORK / variant
-    data = DATA_DIR
-    if any(getattr(p, key) != getattr(default, key) for key in SET_KEYS):
+    data = DATA_DIRS["vit"]
+    if any(param(p, key) != param(default, key) for key in SET_KEYS):
         data = work / "data"
-        if not (data / "cls_labels.json").is_file():
-            make_classification_set(p, data)
-    elif not (data / "cls_labels.json").is_file():
-        make_classification_set(p, data)
+    if not (data / "cls_labels.json").is_file():
+        make_classification_set(p, "vit", data)
     report = pretrain_backbone(p, "vit", data, model_dir=work / "model",
                                init_file=work / "demo_vit.pth", metrics_dir=work)
     figures = {"overrides": overrides, "pooling": report["pooling"],
@@ -205,7 +215,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=("pretrain", "evaluate", "dupl"))
     parser.add_argument("--variant", required=True)
-    parser.add_argument("-S", "--set", action="append", default=[], metavar="pretrain.KEY=VALUE")
+    parser.add_argument("-S", "--set", action="append", default=[], metavar="[pretrain.]KEY=VALUE",
+                        help="override of group pretrain, e.g. vit.num_train=5400")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--iterations", type=int, default=None, help="DuPL's run length")

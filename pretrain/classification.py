@@ -3,7 +3,8 @@ for ImageNet, disjoint from the demo segmentation data.
 
 Images are drawn by the demo generator (`render.render_sample_with_context`) with its class
 looks but all 20 VOC classes, another seed, their own size and their own context / part focus
-(`pretrain.context`, `pretrain.part_focus`), and only their image-level labels are kept (no mask is written). On top, each image gets
+(per backbone: `pretrain.<backbone>.context`, `.part_focus`), and only their image-level labels
+are kept (no mask is written). On top, each image gets
 up to `distractors` class-less patches: blobs carrying the texture and colours of a random class
 (`shapes.CLASS_STYLES`, `render._texture`) painted on background pixels only, so a classifier
 cannot name a class from its texture alone, and the image-level labels (taken from the GT
@@ -27,7 +28,7 @@ from wsss_core.synthetic.fields import hsv, smooth_noise
 from wsss_core.synthetic.render import _SPLIT_CODE, _polygon_mask, _texture, render_sample_with_context
 from wsss_core.synthetic.shapes import CLASS_STYLES, ellipse
 
-from .config import PretrainParams
+from .config import PretrainParams, backbone_params
 
 SPLITS = {"train": "ImageSets/Segmentation/train_aug.txt", "val": "ImageSets/Segmentation/val.txt"}
 ID_PREFIX = "cls"
@@ -37,15 +38,17 @@ _RADIUS = (0.07, 0.18)     # × the short image side
 _ALPHA = (0.75, 1.0)       # opacity of a patch over the background
 
 
-def classification_config(pretrain: PretrainParams) -> SyntheticData:
-    """The generator configuration of the classification set: the demo generator's class looks
-    with the set's own sizes, seed, all 20 classes and its own co-occurrence statistics
-    (`pretrain.context`, `pretrain.part_focus`), as ImageNet's are not the target data's."""
+def classification_config(pretrain: PretrainParams, backbone: str) -> SyntheticData:
+    """The generator configuration of the `backbone`'s classification set: the demo generator's
+    class looks with the shared sizes and seed, all 20 classes, and the backbone's own size and
+    co-occurrence statistics (`pretrain.<backbone>`: num_train, num_val, context, part_focus),
+    as ImageNet's are not the target data's."""
+    own = backbone_params(pretrain, backbone)
     return SyntheticData(
-        num_train=pretrain.num_train, num_val=pretrain.num_val, num_test=0,
+        num_train=own.num_train, num_val=own.num_val, num_test=0,
         min_size=pretrain.min_size, max_size=pretrain.max_size,
         max_objects=pretrain.max_objects, classes=sorted(CLASS_STYLES), seed=pretrain.seed,
-        context=pretrain.context, part_focus=pretrain.part_focus)
+        context=own.context, part_focus=own.part_focus)
 
 
 def image_id(split: str, index: int) -> str:

@@ -1,12 +1,14 @@
-"""The pretraining's steps: render the classification set, train a CAM classifier per demo
-backbone on it, export and check its backbone (`dvc repro pretrain/dvc.yaml`; params `pretrain`
-of pretrain/params.yaml, `train.device` of params.yaml).
+"""The pretraining's steps: per demo backbone, render its classification set, train a CAM
+classifier on it, export and check its backbone (`dvc repro pretrain/dvc.yaml`; params
+`pretrain` of pretrain/params.yaml: shared keys and the backbone's own group `pretrain.resnet` /
+`pretrain.vit`; `train.device` of params.yaml).
 
 The papers fine-tune ImageNet (or COCO) pretrained backbones; the CPU demo cannot download them,
-so this pipeline makes its own: a synthetic multi-label classification set disjoint from the
-demo data (`pretrain.classification`: all 20 VOC classes, another seed, image-level labels
-only, distractor textures on the background), on which method `cam` (a CAM classifier) is
-trained through the one training loop with each demo backbone:
+so this pipeline makes its own: per backbone a synthetic multi-label classification set
+disjoint from the demo data (`pretrain.classification`: all 20 VOC classes, another seed,
+image-level labels only, distractor textures on the background; its size, context and part
+focus the backbone's own, in data/pretrain/<backbone>), on which method `cam` (a CAM
+classifier) is trained through the one training loop with that demo backbone:
 
     resnet   the demo DeepLab's dilated ResNet (blocks and width of its demo preset)
              → models/init/demo_resnet.pth, keys `layer1.conv1.conv.weight`, ... (what
@@ -17,7 +19,7 @@ trained through the one training loop with each demo backbone:
 
 Each export is loaded back into the demo network it is for before it is published, and each
 classifier is scored on the held-out part of the set (mAP, label accuracy, exact match) in
-metrics/pretrain/<backbone>.json. The folders and files (`DATA_DIR`, `MODEL_DIR`, `INIT_FILES`,
+metrics/pretrain/<backbone>.json. The folders and files (`DATA_DIRS`, `MODEL_DIR`, `INIT_FILES`,
 `METRICS_DIR`) are the functions' defaults; a test passes its own.
 """
 from __future__ import annotations
@@ -49,9 +51,11 @@ from wsss_core.models.vit_seg import build_dupl_model
 from wsss_core.training import images_stamp, train
 
 from .classification import classification_config, generate_classification_set
-from .config import PretrainParams
+from .config import BACKBONES, PretrainParams, backbone_params
 
 DATA_DIR = Path("data/pretrain")
+# each backbone's classification set
+DATA_DIRS = {backbone: DATA_DIR / backbone for backbone in BACKBONES}
 MODEL_DIR = Path("models/pretrain")
 METRICS_DIR = Path("metrics/pretrain")
 INIT_FILES = {"resnet": Path("models/init/demo_resnet.pth"), "vit": Path("models/init/demo_vit.pth")}
@@ -59,24 +63,27 @@ INIT_FILES = {"resnet": Path("models/init/demo_resnet.pth"), "vit": Path("models
 CAM_PRESET = {"resnet": "demo", "vit": "demo_vit"}
 
 
-def make_classification_set(p: PretrainParams, out: Path = DATA_DIR) -> dict:
-    """Render the classification set (params `pretrain`) into `out`."""
-    return generate_classification_set(out, classification_config(p), p.distractors, p.n_jobs)
+def make_classification_set(p: PretrainParams, backbone: str, out: Path | None = None) -> dict:
+    """Render the `backbone`'s classification set (the shared set keys of params `pretrain` and
+    its own `pretrain.<backbone>`) into `out`, default `DATA_DIRS[backbone]`."""
+    cfg = classification_config(p, backbone)
+    out = DATA_DIRS[backbone] if out is None else Path(out)
+    return generate_classification_set(out, cfg, p.distractors, p.n_jobs)
 
 
 def pretrain_config(p: PretrainParams, backbone: str) -> dict:
     """Effective training configuration of the `backbone` classifier: the cam preset with the
-    run length, batch and crop of params `pretrain`, from scratch, seeded by `pretrain.seed`."""
-    if backbone not in CAM_PRESET:
-        raise WsssError(f"pretrain: unknown backbone '{backbone}' (allowed: {', '.join(CAM_PRESET)})")
+    batch and crop of params `pretrain` and the run length of `pretrain.<backbone>`, from
+    scratch, seeded by `pretrain.seed`; the ViT pools by `pretrain.vit.pooling` (the ResNet's
+    classifier always averages)."""
+    iterations = backbone_params(p, backbone).iterations
     config = copy.deepcopy(get_method("cam").presets[CAM_PRESET[backbone]])
-    iterations = p.iterations_resnet if backbone == "resnet" else p.iterations_vit
     config.update(iterations=iterations, batch_size=p.batch_size, crop=p.crop, init_weights="",
                   checkpoint_every=max(1, min(200, iterations)), log_every=10, num_workers=0,
                   seed=p.seed, preset=CAM_PRESET[backbone])
     config["method_options"] = {**config.get("method_options", {}), "backbone": backbone}
     if backbone == "vit":
-        config["model"] = {**config["model"], "pooling": p.vit_pooling}
+        config["model"] = {**config["model"], "pooling": p.vit.pooling}
     return config
 
 
@@ -133,17 +140,19 @@ def check_init_file(path: Path, backbone: str) -> None:
         build_dupl_model(VOC_NUM_CLASSES, pretrained_path=str(path), **DUPL_PRESETS["demo"]["model"])
 
 
-def pretrain_backbone(p: PretrainParams, backbone: str, data: Path = DATA_DIR,
+def pretrain_backbone(p: PretrainParams, backbone: str, data: Path | None = None,
                       model_dir: Path | None = None, init_file: Path | None = None,
                       metrics_dir: Path = METRICS_DIR, device: str = "auto") -> dict:
-    """Train the `backbone` CAM classifier on the classification set in `data` (resuming its
-    checkpoints in `model_dir`, default models/pretrain/<backbone>) on `device` (params.yaml's
-    `train.device`) with `p.threads` CPU threads, score it on the held-out split, export and
-    check its backbone (`init_file`, default models/init/demo_<backbone>.pth) and write
-    `metrics_dir`/<backbone>.json; returns that report."""
+    """Train the `backbone` CAM classifier on the classification set in `data` (default
+    `DATA_DIRS[backbone]`; resuming its checkpoints in `model_dir`, default
+    models/pretrain/<backbone>) on `device` (params.yaml's `train.device`) with `p.threads` CPU
+    threads, score it on the held-out split, export and check its backbone (`init_file`,
+    default models/init/demo_<backbone>.pth) and write `metrics_dir`/<backbone>.json; returns
+    that report."""
+    config = pretrain_config(p, backbone)   # first: an unknown backbone is a one-line error
+    data = DATA_DIRS[backbone] if data is None else Path(data)
     model_dir = MODEL_DIR / backbone if model_dir is None else Path(model_dir)
     init_file = INIT_FILES[backbone] if init_file is None else Path(init_file)
-    config = pretrain_config(p, backbone)
     labels_file = data / "cls_labels.json"
     if not labels_file.is_file():
         raise DataError(labels_file, "classification set not found (run the pretrain data stage)")
@@ -151,7 +160,7 @@ def pretrain_backbone(p: PretrainParams, backbone: str, data: Path = DATA_DIR,
     method = create_method("cam", VOC_NUM_CLASSES, config)
     dataset = TrainSet(train_split, get_method("cam"), VOC_NUM_CLASSES, config, p.seed, labels_file)
     # a checkpoint is resumed only by the same configuration on the same images (the labels
-    # stay the same when pretrain.context or part_focus redraws them)
+    # stay the same when pretrain.<backbone>.context or part_focus redraws them)
     identity = {**config, "labels_digest": file_digest(labels_file),
                 "images_stamp": images_stamp([train_split.image_path(i) for i in train_split.ids])}
     started = time.process_time()

@@ -15,11 +15,11 @@ from pretrain.classification import (
     generate_classification_set,
     render_classification_sample,
 )
-from pretrain.config import PretrainParams
+from pretrain.config import PretrainParams, ResnetParams, VitParams, load_pretrain_params
 from wsss_core.cli import user_error_message
 from wsss_core.config import VOC_NUM_CLASSES, SyntheticData, params_from_dict
 from wsss_core.data.classes import classes_in_label, read_class_labels
-from wsss_core.errors import DataError
+from wsss_core.errors import ConfigError, DataError
 from wsss_core.methods import create_method
 from wsss_core.methods.deeplab.presets import DEEPLAB_PRESETS
 from wsss_core.methods.dupl.presets import DUPL_PRESETS
@@ -27,14 +27,20 @@ from wsss_core.models import load_init_weights
 from wsss_core.models.vit_seg import build_dupl_model
 from wsss_core.synthetic.render import render_sample_with_context, split_ids
 
-TINY = PretrainParams(num_train=20, num_val=3, min_size=32, max_size=40, max_objects=2,
-                      distractors=3, iterations_resnet=3, iterations_vit=3, batch_size=2, crop=32,
-                      threads=1, n_jobs=1)
+TINY = PretrainParams(min_size=32, max_size=40, max_objects=2, distractors=3, batch_size=2,
+                      crop=32, threads=1, n_jobs=1,
+                      resnet=ResnetParams(num_train=20, num_val=3, iterations=3),
+                      vit=VitParams(num_train=20, num_val=3, iterations=3))
+
+
+def _with(p, backbone, **changes):
+    """`p` with `changes` to its `backbone` group."""
+    return dataclasses.replace(p, **{backbone: dataclasses.replace(getattr(p, backbone), **changes)})
 
 
 def test_classification_set_is_disjoint_labels_only_and_has_every_class(tmp_path):
     demo = SyntheticData(context=0.3, part_focus=0.2)
-    cfg = classification_config(dataclasses.replace(TINY, context=0.6, part_focus=0.4))
+    cfg = classification_config(_with(TINY, "resnet", context=0.6, part_focus=0.4), "resnet")
     assert (cfg.context, cfg.part_focus) == (0.6, 0.4)         # the set's own, not the demo's
     assert cfg.seed == 1000 != demo.seed and cfg.classes == list(range(1, 21))
     summary = generate_classification_set(tmp_path / "set", cfg, TINY.distractors)
@@ -58,7 +64,7 @@ def test_classification_set_is_disjoint_labels_only_and_has_every_class(tmp_path
 
 
 def test_distractors_paint_the_background_only_and_keep_the_labels():
-    cfg = classification_config(dataclasses.replace(TINY, context=0.0, part_focus=0.0))
+    cfg = classification_config(_with(TINY, "resnet", context=0.0, part_focus=0.0), "resnet")
     changed = 0
     for index in range(6):
         plain, plain_classes = render_classification_sample(cfg, "train", index, 0)
@@ -75,6 +81,61 @@ def test_distractors_paint_the_background_only_and_keep_the_labels():
     allowed[:, :20] = True
     out = add_distractors(image, allowed, rng, 6)
     assert np.array_equal(out[:, 20:], image[:, 20:]) and (out[:, :20] != 128).any()
+
+
+def test_each_backbone_renders_its_own_set(tmp_path):
+    """The two sets share the set keys of `pretrain` and differ by their own group only."""
+    p = _with(_with(TINY, "resnet", num_train=6, num_val=2, context=0.8, part_focus=0.5),
+              "vit", num_train=9, num_val=4, context=0.3, part_focus=0.0)
+    configs = {b: classification_config(p, b) for b in ("resnet", "vit")}
+    own = ("num_train", "num_val", "context", "part_focus")
+    shared = {k: v for k, v in dataclasses.asdict(configs["resnet"]).items() if k not in own}
+    assert {k: v for k, v in dataclasses.asdict(configs["vit"]).items() if k not in own} == shared
+    for backbone, cfg in configs.items():
+        assert {k: getattr(cfg, k) for k in own} == {k: getattr(getattr(p, backbone), k) for k in own}
+    summaries = {b: pretraining.make_classification_set(p, b, tmp_path / b) for b in configs}
+    assert summaries["resnet"]["images"] == {"train": 6, "val": 2}
+    assert summaries["vit"]["images"] == {"train": 9, "val": 4}
+    assert (summaries["resnet"]["context"], summaries["vit"]["context"]) == (0.8, 0.3)
+    for backbone, n in (("resnet", 6), ("vit", 9)):
+        ids = (tmp_path / backbone / "VOC2012/ImageSets/Segmentation/train_aug.txt").read_text().split()
+        assert len(ids) == n
+    # the same seed and ids, other co-occurrence statistics: other images
+    first = "VOC2012/JPEGImages/cls_train_000000.jpg"
+    assert (tmp_path / "resnet" / first).read_bytes() != (tmp_path / "vit" / first).read_bytes()
+    # the run lengths are the backbones' own too
+    p = _with(_with(p, "resnet", iterations=5), "vit", iterations=7)
+    assert [pretraining.pretrain_config(p, b)["iterations"] for b in configs] == [5, 7]
+
+
+def test_params_file_overrides_reach_the_backbones(tmp_path, monkeypatch):
+    p = load_pretrain_params()     # the committed file (tests run from the repository root)
+    assert (p.resnet.num_train, p.resnet.context, p.resnet.part_focus, p.resnet.iterations) == \
+        (2700, 0.8, 0.5, 600)      # the set and run of the committed demo_resnet.pth
+    assert (p.vit.num_train, p.vit.context, p.vit.part_focus, p.vit.iterations, p.vit.pooling) == \
+        (5400, 0.3, 0.0, 2400, "max")
+    assert pretraining.pretrain_config(p, "vit")["model"]["pooling"] == "max"
+    p = load_pretrain_params(overrides={"pretrain.vit.pooling": "avg", "pretrain.vit.num_train": 100})
+    assert (p.vit.pooling, p.vit.num_train, p.resnet.num_train) == ("avg", 100, 2700)
+    config = pretraining.pretrain_config(p, "vit")
+    assert config["model"]["pooling"] == "avg"
+    assert create_method("cam", VOC_NUM_CLASSES, config).build_model().pooling == "avg"
+    assert pretraining.pretrain_config(p, "resnet")["model"].get("pooling", "avg") == "avg"
+    assert classification_config(p, "vit").num_train == 100
+
+
+@pytest.mark.parametrize("override,message", [
+    ({"pretrain.vit.pooling": "mean"}, "pretrain/params.yaml: pretrain.vit.pooling: must be avg or max"),
+    ({"pretrain.resnet.context": 1.5}, "pretrain/params.yaml: pretrain.resnet.context: must be in [0, 1]"),
+    ({"pretrain.resnet.pooling": "max"}, "unknown key 'pretrain.resnet.pooling'"),
+    ({"pretrain.vit_pooling": "max"}, "unknown key 'pretrain.vit_pooling'"),
+    ({"pretrain.batch_size": 50, "pretrain.vit.num_train": 40},
+     "pretrain.batch_size: exceeds pretrain.vit.num_train"),
+])
+def test_invalid_params_name_the_full_key(override, message):
+    with pytest.raises(ConfigError) as caught:
+        load_pretrain_params(overrides=override)
+    assert message in user_error_message(caught.value)
 
 
 def _demo_classifier(backbone):
@@ -113,13 +174,14 @@ def test_exported_vit_loads_strictly_into_the_demo_dupl(tmp_path):
 @pytest.mark.parametrize("backbone", ["resnet", "vit"])
 def test_pretrain_backbone_trains_scores_and_exports(tmp_path, backbone):
     data = tmp_path / "data"
-    pretraining.make_classification_set(TINY, data)
+    pretraining.make_classification_set(TINY, backbone, data)
     report = pretraining.pretrain_backbone(TINY, backbone, data, tmp_path / "model",
                                            tmp_path / "init.pth", tmp_path / "metrics", device="cpu")
     assert report["iterations"] == 3 and report["train_images"] == 20
     assert report["threads"] == TINY.threads == 1                # passed to distributed()
-    # the ViT is pretrained with its DuPL student's max pooling (pretrain.vit_pooling)
-    assert report["pooling"] == {"resnet": "avg", "vit": TINY.vit_pooling}[backbone]
+    # the ViT is pretrained with its DuPL student's max pooling (pretrain.vit.pooling)
+    assert report["pooling"] == {"resnet": "avg", "vit": TINY.vit.pooling}[backbone] == \
+        {"resnet": "avg", "vit": "max"}[backbone]
     assert _demo_classifier(backbone).pooling == report["pooling"]
     assert 0.0 <= report["val_map"] <= 1.0 and report["val_images"] == 3
     assert json.loads((tmp_path / "metrics" / f"{backbone}.json").read_text()) == report
