@@ -182,17 +182,32 @@ def filtered_share(metrics: Path) -> float | None:
     return round(float(np.mean(active)), 4) if active else None
 
 
+def cam_curves(live_dir: Path) -> dict[str, list]:
+    """[iteration, val CAM mIoU] of each student from the run's validation curves."""
+    curves = {}
+    for student in ("student1", "student2"):
+        rows = (live_dir / f"plots/metrics/val/cam_miou_{student}.tsv").read_text().split("\n")[1:]
+        curves[student] = [[int(r.split("\t")[0]), round(float(r.split("\t")[-1]), 4)]
+                           for r in rows if r.strip()]
+    return curves
+
+
 def dupl_variant(variant: str, seeds: list[int], threads: int | None,
-                 iterations: int | None = None) -> dict:
+                 iterations: int | None = None, val_every: int = 0) -> dict:
     """DuPL's demo preset from the variant's init (scratch: none), val scores per seed; with
-    `iterations`, a run of that length (the phase table rescaled to it) under its own key."""
+    `iterations`, a run of that length (the phase table rescaled to it) under its own key;
+    with `val_every`, both students' val CAM mIoU every that many iterations (`cam_curve`:
+    how the CAMs move through DuPL's phases)."""
     init = "" if variant == "scratch" else str(WORK / variant / "demo_vit.pth")
     key, tag = ("dupl_val", "") if iterations is None else (f"dupl_val_{iterations}it", f"{iterations}it")
+    if val_every:  # its own runs: validating adds CAM passes, kept apart from the plain runs
+        key, tag = f"{key}_curve", f"{tag}curve"
     runs = {}
     for seed in seeds:
         params = load_params(overrides={"method": "dupl", "seed": seed, "train.init_weights": init,
                                         "train.nproc": 1, "infer.nproc": 1, "infer.weights": "",
-                                        "train.iterations": iterations})
+                                        "train.iterations": iterations,
+                                        "train.val_every": val_every or None})
         cell = WORK / variant / f"dupl{tag}-seed{seed}"
         paths = dataclasses.replace(RunPaths.defaults(params), model_dir=cell / "model",
                                     logits=cell / "logits", predictions=cell / "predictions",
@@ -204,6 +219,7 @@ def dupl_variant(variant: str, seeds: list[int], threads: int | None,
                            "students_val_cam_miou": {k: round(v, 4) for k, v in
                                                      val.get("cam_miou", {}).items()},
                            "gmm_filtered_share": filtered_share(paths.metrics),
+                           **({"cam_curve": cam_curves(paths.live_dir)} if val_every else {}),
                            "train_wall_time_s": summary["wall_time_s"],
                            "wall_time_s": round(time.time() - started, 1)}
         shutil.rmtree(cell / "logits", ignore_errors=True)
@@ -220,13 +236,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--iterations", type=int, default=None, help="DuPL's run length")
+    parser.add_argument("--val-every", type=int, default=0, help="CAM mIoU curve of the students")
     args = parser.parse_args()
     if args.command == "pretrain":
         print(pretrain_variant(args.variant, parse_overrides(args.set), args.threads))
     elif args.command == "evaluate":
         print(evaluate_variant(args.variant))
     else:
-        print(dupl_variant(args.variant, args.seeds, args.threads, args.iterations))
+        print(dupl_variant(args.variant, args.seeds, args.threads, args.iterations, args.val_every))
 
 
 if __name__ == "__main__":
