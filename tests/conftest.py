@@ -53,6 +53,29 @@ def make_voc_dataset(root: Path, splits: dict[str, list[str]], size=(20, 24), nu
     return gts
 
 
+def tiny_cam_run(tmp_path: Path, train: dict | None = None, **groups):
+    """(params, paths) of method `cam` (demo preset, from scratch, 2 iterations at crop 24) on
+    a 4-train / 2-val VOC-layout dataset in `tmp_path`/prep with its image-level labels;
+    `train` adds train keys, `groups` other params groups (infer, crf, evaluate)."""
+    import dataclasses
+
+    from wsss_core.config import params_from_dict
+    from wsss_core.data.classes import classes_in_label, write_class_labels
+    from wsss_core.pipeline.paths import RunPaths
+
+    gts = make_voc_dataset(tmp_path / "prep" / "VOC2012",
+                           {"train": ["t1", "t2", "t3", "t4"], "val": ["v1", "v2"]}, size=(24, 28))
+    params = params_from_dict({
+        "method": "cam", "dataset": "synthetic",
+        "train": {"preset": "demo", "device": "cpu", "iterations": 2, "batch_size": 2, "crop": 24,
+                  "checkpoint_every": 2, "log_every": 1, "init_weights": "",
+                  "method_options": {"cam_scales": [1.0]}, **(train or {})},
+        "infer": {"device": "cpu"}, "evaluate": {"n_jobs": 1}, **groups})
+    paths = dataclasses.replace(RunPaths.defaults(params, tmp_path / "run"), prepared=tmp_path / "prep")
+    write_class_labels(paths.class_labels, {i: classes_in_label(gt, 21) for i, gt in gts.items()})
+    return params, paths
+
+
 def copy_repo(dest: Path) -> Path:
     """The code, config and committed init weights of this repository (no data, no venv) in
     `dest`."""

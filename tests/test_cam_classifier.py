@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import make_voc_dataset
+from tests.conftest import make_voc_dataset, tiny_cam_run
 from wsss_core.data.classes import classes_in_label, write_class_labels
 from wsss_core.data.datasets import voc_layout_split
 from wsss_core.data.train_set import TrainSet
@@ -177,25 +177,12 @@ def test_three_iterations_of_the_training_loop(tmp_path, backbone, model):
 
 @pytest.mark.slow
 def test_cam_only_baseline_through_train_infer_and_crf(tmp_path):
-    import dataclasses
-
-    from wsss_core.config import params_from_dict
     from wsss_core.pipeline.crf import run_crf
     from wsss_core.pipeline.infer import run_inference
-    from wsss_core.pipeline.paths import RunPaths
     from wsss_core.pipeline.train import run_training
 
     # the synthetic dataset's layout: the prepare stage's folder holds VOC2012/ and cls_labels.json
-    gts = make_voc_dataset(tmp_path / "prep" / "VOC2012",
-                           {"train": ["t1", "t2", "t3", "t4"], "val": ["v1", "v2"]}, size=(24, 28))
-    params = params_from_dict({
-        "method": "cam", "dataset": "synthetic",
-        "train": {"preset": "demo", "device": "cpu", "iterations": 2, "batch_size": 2, "crop": 24,
-                  "checkpoint_every": 2, "log_every": 1, "init_weights": "",
-                  "method_options": {"cam_scales": [1.0]}},
-        "infer": {"device": "cpu"}, "crf": {"n_jobs": 1, "overlays": 1}, "evaluate": {"n_jobs": 1}})
-    paths = dataclasses.replace(RunPaths.defaults(params, tmp_path / "run"), prepared=tmp_path / "prep")
-    write_class_labels(paths.class_labels, {i: classes_in_label(gt, 21) for i, gt in gts.items()})
+    params, paths = tiny_cam_run(tmp_path, crf={"n_jobs": 1, "overlays": 1})
     assert run_training(params, paths)["iterations"] == 2
     scores = run_inference(params, paths)
     assert 0.0 <= scores["miou"] <= 1.0 and 0.0 <= scores["cam_miou_gt_labels"] <= 1.0

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import make_voc_dataset
+from conftest import make_voc_dataset, tiny_cam_run
 
 from tests.tiny_training import ToyMethod, ToySet, toy_config
 from wsss_core.config import params_from_dict
@@ -171,18 +171,7 @@ def test_validation_curves_carry_the_methods_val_extras(tmp_path):
     # the CAM classifier's val extras (its CAM mIoU with the GT image labels and its mAP) are
     # scored at every validation, so the last point is what the infer stage reports for the
     # last model; DuPL's per-student CAM mIoU comes through the same way
-    from wsss_core.data.classes import classes_in_label, write_class_labels
-
-    gts = make_voc_dataset(tmp_path / "prep" / "VOC2012",
-                           {"train": ["t1", "t2", "t3", "t4"], "val": ["v1", "v2"]}, size=(24, 28))
-    params = params_from_dict({
-        "method": "cam", "dataset": "synthetic",
-        "train": {"preset": "demo", "device": "cpu", "iterations": 2, "batch_size": 2, "crop": 24,
-                  "checkpoint_every": 2, "log_every": 1, "init_weights": "", "val_every": 1,
-                  "method_options": {"cam_scales": [1.0]}},
-        "infer": {"device": "cpu"}, "evaluate": {"n_jobs": 1}})
-    paths = dataclasses.replace(RunPaths.defaults(params, tmp_path / "run"), prepared=tmp_path / "prep")
-    write_class_labels(paths.class_labels, {i: classes_in_label(gt, 21) for i, gt in gts.items()})
+    params, paths = tiny_cam_run(tmp_path, {"val_every": 1})
     run_training(params, paths, threads=1)
     cam_curve = curve(paths.live_dir, "val/cam_miou_gt_labels")
     assert [step for step, _ in cam_curve] == [1, 2]
