@@ -4,7 +4,7 @@
         [--preset deeplab] [--sweep 4 8 16] [--out compact.json]
 
 For each of `--images` sample images (480×640, COCO's typical size; 81 classes; DeepLab's stride-8
-grid 60×80) it writes the logits both ways (`wsss_core.io.write_logits`, `write_compact_logits`
+grid 60×80) it writes the logits both ways (`wsss_core.logits_io.write_logits`, `write_compact_logits`
 keeping `--top-k` classes per cell), reads them back with `read_logits` and runs what the crf
 stage runs on each (`upsampled_softmax` to the image, `dense_crf` with the `--preset` kernel,
 arg-max). It reports bytes per image, the projected total for COCO val (× 40,137 images) and the
@@ -34,13 +34,8 @@ from joblib import Parallel, delayed
 from scipy.ndimage import gaussian_filter
 
 from wsss_core.crf import CRF_PRESETS, dense_crf, upsampled_softmax
-from wsss_core.io import (
-    COMPACT_TOP_K,
-    read_logits,
-    write_compact_logits,
-    write_json,
-    write_logits,
-)
+from wsss_core.io import write_json
+from wsss_core.logits_io import COMPACT_TOP_K, read_logits, write_compact_logits, write_logits
 from wsss_core.synthetic.fields import hsv, smooth_noise
 
 HEIGHT, WIDTH, STRIDE = 480, 640, 8          # COCO's typical image; DeepLab v2's output stride

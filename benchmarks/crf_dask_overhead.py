@@ -31,7 +31,8 @@ HEIGHT, WIDTH, STRIDE = 375, 500, 8
 
 
 def build_dataset(root: Path, count: int) -> list[str]:
-    from wsss_core.io import write_id_list, write_image, write_label, write_logits
+    from wsss_core.io import write_id_list, write_image, write_label
+    from wsss_core.logits_io import write_logits
 
     rng = np.random.default_rng(0)
     colours = rng.integers(0, 256, (NUM_CLASSES, 3))

@@ -16,7 +16,7 @@ from pathlib import Path
 from wsss_core.config import load_params
 from wsss_core.crf import refine_split
 from wsss_core.data.datasets import resolve_split
-from wsss_core.io import read_logits, write_logits
+from wsss_core.logits_io import read_logits, write_logits
 from wsss_core.pipeline.paths import RunPaths
 from wsss_core.pipeline.resolve import resolve_run
 

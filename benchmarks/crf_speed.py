@@ -33,7 +33,8 @@ import numpy as np
 from wsss_core.config import SyntheticData
 from wsss_core.crf import CRF_PRESETS, dense_crf, refine_split, upsampled_softmax
 from wsss_core.data.datasets import voc_layout_split
-from wsss_core.io import read_image, write_id_list, write_image, write_label, write_logits
+from wsss_core.io import read_image, write_id_list, write_image, write_label
+from wsss_core.logits_io import write_logits
 from wsss_core.synthetic import render_sample
 
 NUM_CLASSES = 21

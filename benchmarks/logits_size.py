@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/logits_size.py [--size 375 500] [--classes 21]
 
-Writes one logits file per variant with `wsss_core.io.write_logits` (.npy, (C, h, w)) and
+Writes one logits file per variant with `wsss_core.logits_io.write_logits` (.npy, (C, h, w)) and
 reports its size, and the total for VOC val (1 449 images) and COCO val (40 137) as if every
 image had this size and class count (COCO has 81 classes: `--classes 81`). The project stores
 DeepLab v2's stride-8 grid (375×500 → 48×63) as float16 and upsamples at CRF/scoring time; the
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wsss_core.io import write_logits
+from wsss_core.logits_io import write_logits
 
 
 def deeplab_grid(side: int) -> int:

@@ -59,7 +59,7 @@ networks' inference) are not projected.
 DVC: in a scratch git + DVC repository with a local remote (`dvc remote add -d`), the venv's
 `dvc` times `dvc add <folder>`, `dvc push`, `dvc pull` in a fresh `git clone`, and `dvc status`
 after one file changed, for a folder of distinct pseudo-label PNGs (the train count) and of
-float16 stride-8 logits (the val count, `io.write_logits`). When the disk cannot hold the logits
+float16 stride-8 logits (the val count, `logits_io.write_logits`). When the disk cannot hold the logits
 set 5× (workspace, cache, remote, the clone's), the cache type becomes hardlink (3×), and if
 that does not fit either the set is cut to what fits (printed; `files` says how many).
 

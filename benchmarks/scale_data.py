@@ -32,7 +32,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from wsss_core.data.coco import render_mask
-from wsss_core.io import IGNORE_INDEX, label_to_png_image, write_id_list, write_logits
+from wsss_core.io import IGNORE_INDEX, label_to_png_image, write_id_list
+from wsss_core.logits_io import write_logits
 
 
 @dataclass(frozen=True)

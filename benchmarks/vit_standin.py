@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from pretrain.config import load_pretrain_params
 from pretrain.pretrain import DATA_DIRS, make_classification_set, pretrain_backbone, pretrain_config
@@ -76,18 +77,11 @@ def param(p, key: str):
 
 def parse_overrides(pairs: list[str]) -> dict:
     """`-S key=value` pairs as overrides of group `pretrain` (`vit.num_train=5400` →
-    `pretrain.vit.num_train`), values as int, float or string."""
+    `pretrain.vit.num_train`), values parsed as YAML (as `dvc exp run -S` does)."""
     overrides = {}
     for pair in pairs:
         key, _, value = pair.partition("=")
-        key = key if key.startswith("pretrain.") else f"pretrain.{key}"
-        try:
-            overrides[key] = int(value)
-        except ValueError:
-            try:
-                overrides[key] = float(value)
-            except ValueError:
-                overrides[key] = value
+        overrides[key if key.startswith("pretrain.") else f"pretrain.{key}"] = yaml.safe_load(value)
     return overrides
 
 

@@ -25,7 +25,8 @@ from wsss_core.data.coco import (
 )
 from wsss_core.data.datasets import resolve_split, subset_label
 from wsss_core.errors import DataError
-from wsss_core.io import voc_palette, write_id_list, write_image, write_label, write_logits
+from wsss_core.io import voc_palette, write_id_list, write_image, write_label
+from wsss_core.logits_io import write_logits
 from wsss_core.pipeline.crf import run_crf
 from wsss_core.pipeline.paths import RunPaths
 

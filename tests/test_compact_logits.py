@@ -13,9 +13,9 @@ from wsss_core.distributed import Context
 from wsss_core.errors import ConfigError, DataError
 from wsss_core.evaluate import score_folder, softmax, upsample_bilinear
 from wsss_core.infer import infer_logits, prepare_output, valid_logits
-from wsss_core.io import (
+from wsss_core.io import read_label
+from wsss_core.logits_io import (
     logits_file,
-    read_label,
     read_logits,
     store_logits,
     top_classes,

@@ -26,7 +26,8 @@ from wsss_core.crf import (
 from wsss_core.data.datasets import voc_layout_split
 from wsss_core.errors import ConfigError, DataError
 from wsss_core.evaluate import upsample_bilinear
-from wsss_core.io import read_image, read_label, voc_palette, write_logits
+from wsss_core.io import read_image, read_label, voc_palette
+from wsss_core.logits_io import write_logits
 from wsss_core.methods import get_method
 from wsss_core.metrics import ConfusionMatrix
 

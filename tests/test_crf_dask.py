@@ -24,7 +24,7 @@ from wsss_core.config import params_from_dict
 from wsss_core.crf import CRF_PRESETS, refine_split
 from wsss_core.data.datasets import voc_layout_split
 from wsss_core.errors import ConfigError, DataError
-from wsss_core.io import write_logits
+from wsss_core.logits_io import write_logits
 from wsss_core.parallel import Workers
 
 pytest.importorskip("pydensecrf")

@@ -12,12 +12,11 @@ from wsss_core.io import (
     read_id_list,
     read_image,
     read_label,
-    read_logits,
     voc_palette,
     write_image,
     write_label,
-    write_logits,
 )
+from wsss_core.logits_io import read_logits, write_logits
 
 
 def test_voc_palette_known_colours():

@@ -12,7 +12,8 @@ import pytest
 from conftest import REPO
 
 from wsss_core.data.coco import convert_coco
-from wsss_core.io import decode_label, read_label, read_logits
+from wsss_core.io import decode_label, read_label
+from wsss_core.logits_io import read_logits
 
 STAGE_KEYS = {"n", "s_per_image", "speedup_2_cores", "rss_mib", "rss_ratio", "disk_bytes_per_image"}
 DVC_KEYS = {"files", "dvc_add_s", "dvc_push_s", "dvc_pull_s", "dvc_status_s"}

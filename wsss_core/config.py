@@ -355,7 +355,7 @@ class InferParams:
 
     @property
     def stored_top_k(self) -> int | None:
-        """The compact form's classes per cell, None for full logits (`io.store_logits`)."""
+        """The compact form's classes per cell, None for full logits (`logits_io.store_logits`)."""
         return self.compact_top_k if self.logits == "compact" else None
 
 

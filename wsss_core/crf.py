@@ -30,17 +30,15 @@ from .io import (
     atomic_dir,
     atomic_path,
     colorize,
-    has_logits,
     image_size,
-    logits_file,
     read_image,
     read_json,
     read_label,
-    read_logits,
     write_image,
     write_json,
     write_label,
 )
+from .logits_io import has_logits, logits_file, read_logits
 from .metrics import ConfusionMatrix
 from .parallel import Workers, imap_unordered
 

@@ -16,7 +16,8 @@ from joblib import Parallel, delayed
 
 from .cli import progress
 from .data.datasets import Split
-from .io import logits_file, read_label, read_logits
+from .io import read_label
+from .logits_io import logits_file, read_logits
 from .metrics import ConfusionMatrix
 
 

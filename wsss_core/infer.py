@@ -32,7 +32,8 @@ from .data.datasets import Split
 from .distributed import Context, barrier, gather_object
 from .errors import DataError, os_problem
 from .evaluate import upsample_bilinear
-from .io import logits_path, logits_shape, read_image, read_label, store_logits, write_text
+from .io import read_image, read_label, write_text
+from .logits_io import logits_path, logits_shape, store_logits
 from .metrics import ConfusionMatrix
 from .models import unwrap
 from .precision import autocast
@@ -176,7 +177,7 @@ def infer_logits(model: torch.nn.Module, predictors: dict, normalize, split: Spl
                  dtype: str = "float16", precision: str = "fp32", *,
                  compact_top_k: int | None = None) -> int:
     """Write `<out_dirs[name]>/<id>.npy` for this rank's share of the split, or compact `<id>.npz`
-    keeping each cell's `compact_top_k` most probable classes (`io.store_logits`); returns
+    keeping each cell's `compact_top_k` most probable classes (`logits_io.store_logits`); returns
     files written. A file of the other form counts as missing (and is replaced)."""
     model.eval()
     ids = split.ids[ctx.rank::ctx.world_size]
