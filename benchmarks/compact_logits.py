@@ -25,6 +25,8 @@ kernel sees the object edges.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -174,6 +176,36 @@ def summarise(results: list[dict], args) -> dict:
     return summary
 
 
+def _settings(args) -> dict:
+    return {"top_k": args.top_k, "preset": args.preset, "sweep": [str(k) for k in args.sweep],
+            "crf": not args.no_crf}
+
+
+def measure_all(args) -> list[dict]:
+    """Every image's figures, in seed order. With `--out`, the images already in it (from a run
+    with the same settings) are kept and the file is rewritten after each batch of `--jobs`
+    images, so a killed run loses at most one batch and its rerun goes on from there."""
+    seeds = [args.seed + i for i in range(args.images)]
+    done: dict[int, dict] = {}
+    if args.out is not None and args.out.is_file():
+        stored = json.loads(args.out.read_text())
+        if stored.get("settings") == _settings(args):
+            done = {r["seed"]: r for r in stored.get("images", []) if r["seed"] in seeds}
+            print(f"{len(done)} of {len(seeds)} images already in {args.out}")
+    todo = [seed for seed in seeds if seed not in done]
+    batch = max(1, args.jobs if args.jobs > 0 else os.cpu_count() or 1)
+    with Parallel(n_jobs=args.jobs) as parallel:
+        for start in range(0, len(todo), batch):
+            chunk = todo[start:start + batch]
+            for result in parallel(delayed(measure_image)(seed, args.top_k, args.preset, args.sweep,
+                                                          not args.no_crf) for seed in chunk):
+                done[result["seed"]] = result
+            if args.out is not None:
+                write_json(args.out, {"settings": _settings(args),
+                                      "images": [done[s] for s in seeds if s in done]})
+    return [done[seed] for seed in seeds]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=500)
@@ -185,11 +217,11 @@ def main() -> None:
                         help="further k whose sizes (no CRF) are reported")
     parser.add_argument("--no-crf", action="store_true", help="sizes only")
     parser.add_argument("--seed", type=int, default=0, help="first image's seed")
-    parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="write the figures as JSON; rewritten after each batch of images, and "
+                             "a rerun with the same settings measures only the images it lacks")
     args = parser.parse_args()
-    jobs = (delayed(measure_image)(args.seed + i, args.top_k, args.preset, args.sweep,
-                                   not args.no_crf) for i in range(args.images))
-    results = Parallel(n_jobs=args.jobs)(jobs)
+    results = measure_all(args)
     summary = summarise(results, args)
 
     print(f"{summary['images']} images {HEIGHT}x{WIDTH}, {NUM_CLASSES} classes, grid "
@@ -210,7 +242,7 @@ def main() -> None:
               f"{100 * summary['plain_equal_share']:.4f} %; "
               f"{summary['crf_seconds_per_image']:.1f} s per CRF")
     if args.out:
-        write_json(args.out, {"summary": summary, "images": results})
+        write_json(args.out, {"settings": _settings(args), "summary": summary, "images": results})
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ the stage call is timed (not the interpreter start or the fixtures):
 - cams: `cam.extract.write_split_cams` (multi-scale + flip CAMs, `cam.store.save_cams`);
 - cam_refine: `cam.refine.refine_cam_labels` with params.yaml's `pseudo_labels.refine`
   (DenseCRF over the present classes; joblib workers);
-- infer: `infer.infer_logits` (n_jobs = torchrun ranks, emulated by forked processes of rank r
+- infer: `infer.infer_logits`, writing VOC's logits full and COCO's compact, as the logits
+  set below (n_jobs = torchrun ranks, emulated by forked processes of rank r
   of n_jobs, each with one thread);
 - crf: `crf.refine_split` (deeplab kernel, all 21/81 labels, as the crf stage);
 - evaluate: `evaluate.score_folder` of label PNGs (the crf/evaluate stages' scoring);
@@ -59,7 +60,9 @@ networks' inference) are not projected.
 DVC: in a scratch git + DVC repository with a local remote (`dvc remote add -d`), the venv's
 `dvc` times `dvc add <folder>`, `dvc push`, `dvc pull` in a fresh `git clone`, and `dvc status`
 after one file changed, for a folder of distinct pseudo-label PNGs (the train count) and of
-float16 stride-8 logits (the val count, `logits_io.write_logits`). When the disk cannot hold the logits
+float16 stride-8 logits (the val count) in the form the dataset's users store: full `.npy` for VOC,
+compact `.npz` of the top 8 classes per cell for COCO (`infer.logits: compact`; full COCO val
+logits would be 31 GB). When the disk cannot hold the logits
 set 5× (workspace, cache, remote, the clone's), the cache type becomes hardlink (3×), and if
 that does not fit either the set is cut to what fits (printed; `files` says how many).
 
@@ -88,6 +91,7 @@ if str(REPO) not in sys.path:
 
 from benchmarks.scale_data import (  # noqa: E402
     DATASETS,
+    LOGITS,
     DatasetSpec,
     Pool,
     deeplab_grid,
@@ -231,7 +235,8 @@ def build_fixtures(layout: Layout, plan: dict[str, list[int]], pool_size: int, s
         link_files(pool, train_ids[:most], fx / "cams", ".npz")
     if {"crf", "evaluate_logits"} & set(plan):
         most = max(max(plan.get(s, [0])) for s in ("crf", "evaluate_logits"))
-        link_files(pool, val_ids[:most], fx / "logits", ".npy", offset["val"])
+        link_files(pool, val_ids[:most], fx / "logits", spec.logits_suffix, offset["val"],
+                   pool_suffix=LOGITS + spec.logits_suffix)
     if "evaluate" in plan:
         link_files(pool, val_ids, fx / "predictions", ".png", offset["val"])
     log(f"{spec.name}: fixtures for {need['train']} train / {need['val']} val images "
@@ -421,7 +426,8 @@ def _infer_rank(layout: Layout, n: int, rank: int, world: int, out: Path) -> Non
     ctx = Context(rank=rank, world_size=world, local_rank=rank, device=torch.device("cpu"))
     torch.manual_seed(0)
     infer_logits(_tiny_net(layout.spec.num_classes), {"main": _predict}, _normalize,
-                 layout.split("val", n), {"main": out}, layout.spec.num_classes, ctx)
+                 layout.split("val", n), {"main": out}, layout.spec.num_classes, ctx,
+                 compact_top_k=layout.spec.compact_top_k)
 
 
 def _stage_infer(layout: Layout, n: int, n_jobs: int, run_dir: Path):
@@ -540,8 +546,7 @@ def time_dvc(layout: Layout, pool: Pool, kind: str, files: int) -> dict:
 
 def _fit_logits(layout: Layout, repo: Path, pool: Pool, files: int) -> int:
     """The logits set's file count that the disk holds (hardlink cache when copies do not fit)."""
-    h, w = layout.spec.landscape
-    per_file = layout.spec.num_classes * deeplab_grid(h) * deeplab_grid(w) * 2 + 128
+    per_file = pool.file(0, LOGITS + layout.spec.logits_suffix).stat().st_size + 128
     free = shutil.disk_usage(layout.root).free * 0.9
     if per_file * files * 5 <= free:
         return files

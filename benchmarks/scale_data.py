@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw
 
 from wsss_core.data.coco import render_mask
 from wsss_core.io import IGNORE_INDEX, label_to_png_image, write_id_list
-from wsss_core.logits_io import write_logits
+from wsss_core.logits_io import read_logits, write_compact_logits, write_logits
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,13 @@ class DatasetSpec:
     extra_categories: float              # mean categories beyond the first
     max_categories: int
     extra_instances: float               # mean instances per category beyond the first
+    # the logits form a user stores (README "Compact logits for COCO"): None = full .npy, else
+    # compact .npz of the top k classes per cell (infer.logits: compact, infer.compact_top_k)
+    compact_top_k: int | None = None
+
+    @property
+    def logits_suffix(self) -> str:
+        return ".npy" if self.compact_top_k is None else ".npz"
 
     @property
     def sizes(self) -> list[list[int]]:
@@ -66,7 +73,8 @@ class DatasetSpec:
 
 DATASETS = {
     "voc12": DatasetSpec("voc12", 10_582, 1_449, 21, (375, 500), 0.3, 15, 0.3, 0.5, 4, 0.3),
-    "coco14": DatasetSpec("coco14", 82_081, 40_137, 81, (480, 640), 0.35, 1, 0.5, 2.5, 12, 1.2),
+    "coco14": DatasetSpec("coco14", 82_081, 40_137, 81, (480, 640), 0.35, 1, 0.5, 2.5, 12, 1.2,
+                          compact_top_k=8),
 }
 
 
@@ -199,7 +207,7 @@ class Pool:
             logits = rng.normal(0, 1, (spec.num_classes, gh, gw)).astype(np.float32)
             valid = small != IGNORE_INDEX
             logits[small[valid], np.nonzero(valid)[0], np.nonzero(valid)[1]] += 3.0
-            write_logits(self.folder / f"{i}.npy", logits)
+            write_form(self.file(i, LOGITS + spec.logits_suffix), logits, spec.compact_top_k)
             # stored CAMs of the present classes (stage cams' format): soft GT masks
             masks = np.stack([(sample.label == c).astype(np.float32) * 0.8 for c in sample.classes]) \
                 if sample.classes else np.zeros((0, h, w), np.float32)
@@ -213,14 +221,26 @@ class Pool:
         return self.folder / f"{index % self.size}{suffix}"
 
 
-def link_files(pool: Pool, ids: list[str], folder: Path, suffix: str, start: int = 0) -> None:
-    """`<folder>/<id><suffix>` hard-linked to the pool file of sample `start + position` (an
-    existing link is kept)."""
+LOGITS = ".logits"   # pool files `<i>.logits.npy|npz`, apart from the CAMs' `<i>.npz`
+
+
+def write_form(path: Path, logits: np.ndarray, compact_top_k: int | None) -> None:
+    """float16 logits in the form the dataset's users store (full, or compact top k)."""
+    if compact_top_k is None:
+        write_logits(path, logits)
+    else:
+        write_compact_logits(path, logits, compact_top_k)
+
+
+def link_files(pool: Pool, ids: list[str], folder: Path, suffix: str, start: int = 0,
+               pool_suffix: str | None = None) -> None:
+    """`<folder>/<id><suffix>` hard-linked to the pool file (`<i><pool_suffix>`, default
+    `suffix`) of sample `start + position` (an existing link is kept)."""
     folder.mkdir(parents=True, exist_ok=True)
     for index, image_id in enumerate(ids, start):
         dest = folder / f"{image_id}{suffix}"
         if not dest.exists():
-            os.link(pool.file(index, suffix), dest)
+            os.link(pool.file(index, pool_suffix or suffix), dest)
 
 
 def write_lists(folder: Path, name: str, ids: list[str], counts) -> dict[int, Path]:
@@ -274,18 +294,19 @@ def write_unique_pngs(pool: Pool, ids: list[str], folder: Path, start: int = 0) 
 
 
 def write_unique_logits(pool: Pool, ids: list[str], folder: Path, start: int = 0) -> int:
-    """One float16 logits file per id (the pool's, the id's index in the first values)."""
+    """One float16 logits file per id in the dataset's form (the pool's, the id's index in the
+    first values: distinct files)."""
     folder.mkdir(parents=True, exist_ok=True)
-    total = 0
+    spec, total = pool.spec, 0
     cache: dict[int, np.ndarray] = {}
     for index, image_id in enumerate(ids, start):
         key = index % pool.size
         if key not in cache:
-            cache = {key: np.load(pool.file(index, ".npy")).astype(np.float32)}
+            cache = {key: read_logits(pool.file(index, LOGITS + spec.logits_suffix), spec.num_classes)}
         logits = cache[key].copy()
         logits.reshape(-1)[:3] = [index % 2048, index // 2048 % 2048, index // 2048 ** 2]
-        path = folder / f"{image_id}.npy"
-        write_logits(path, logits)
+        path = folder / f"{image_id}{spec.logits_suffix}"
+        write_form(path, logits, spec.compact_top_k)
         total += path.stat().st_size
     return total
 

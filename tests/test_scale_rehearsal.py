@@ -57,12 +57,17 @@ def test_coco_json_converts_to_the_rendered_gt_and_dvc_files_are_distinct(tmp_pa
     data.write_unique_pngs(pool, ids, tmp_path / "labels")
     data.write_unique_logits(pool, ids, tmp_path / "logits")
     pngs = [(tmp_path / "labels" / f"{i}.png").read_bytes() for i in ids]
-    npys = [(tmp_path / "logits" / f"{i}.npy").read_bytes() for i in ids]
-    assert len(set(pngs)) == len(set(npys)) == 6                        # DVC stores each
+    assert spec.logits_suffix == ".npz"                                 # COCO's logits: compact
+    logits_files = [(tmp_path / "logits" / f"{i}.npz").read_bytes() for i in ids]
+    assert len(set(pngs)) == len(set(logits_files)) == 6                # DVC stores each
     np.testing.assert_array_equal(decode_label(pngs[4], "x", 81), pool.of(4).label)
-    logits = read_logits(tmp_path / "logits" / f"{ids[0]}.npy", 81)
-    h, w = pool.of(0).hw
+    logits = read_logits(tmp_path / "logits" / f"{ids[1]}.npz", 81)
+    h, w = pool.of(1).hw
     assert logits.shape == (81, data.deeplab_grid(h), data.deeplab_grid(w))
+    # the top-8 form keeps each cell's winner: the same arg-max as the pool's full logits
+    # (apart from the first values, which carry the file's index)
+    pool_logits = read_logits(pool.file(1, data.LOGITS + ".npz"), 81)
+    np.testing.assert_array_equal(logits.argmax(0).ravel()[3:], pool_logits.argmax(0).ravel()[3:])
 
 
 @pytest.mark.slow
