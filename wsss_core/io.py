@@ -169,26 +169,30 @@ def read_json(path: str | Path):
 
 
 # --------------------------------------------------------------------------- id lists
+def _list_ids(path: str | Path) -> Iterator[tuple[int, str]]:
+    """(line number, id) of each non-blank line of a split list, read line by line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "list file not found")
+    try:
+        with open(path, encoding="utf-8") as lines:
+            for number, line in enumerate(lines, start=1):
+                line = line.strip()
+                if line:
+                    first = line.split()[0]
+                    yield number, (Path(first).stem if ("/" in first or "." in first) else first)
+    except UnicodeDecodeError:
+        raise DataError(path, "list is not a UTF-8 text file") from None
+
+
 def read_id_list(path: str | Path) -> list[str]:
     """Image ids from a split list.
 
     Accepts one id per line (VOC `ImageSets/Segmentation`, DuPL/ToCo) and the DeepLab/CDL form
     `/JPEGImages/<id>.jpg /SegmentationClassAug/<id>.png`, whose id is the first file's stem.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "list file not found")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise DataError(path, "list is not a UTF-8 text file") from None
     first_line: dict[str, int] = {}  # id -> line number where it first appears
-    for number, line in enumerate(text.splitlines(), start=1):
-        line = line.strip()
-        if not line:
-            continue
-        first = line.split()[0]
-        image_id = Path(first).stem if ("/" in first or "." in first) else first
+    for number, image_id in _list_ids(path):
         if image_id in first_line:
             raise DataError(path, f"line {number}: duplicate id {image_id} "
                                   f"(first on line {first_line[image_id]})")
@@ -196,6 +200,17 @@ def read_id_list(path: str | Path) -> list[str]:
     if not first_line:
         raise DataError(path, "list is empty")
     return list(first_line)
+
+
+def iter_id_list(path: str | Path) -> Iterator[str]:
+    """The ids of a split list one by one, in constant memory, for a pass over a list too long
+    to hold twice (COCO's 82,081); unlike `read_id_list` it does not look for repeated ids."""
+    empty = True
+    for _, image_id in _list_ids(path):
+        empty = False
+        yield image_id
+    if empty:
+        raise DataError(path, "list is empty")
 
 
 def write_id_list(path: str | Path, ids) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..config import Params
 from ..errors import ConfigError
-from ..io import read_id_list
+from ..io import iter_id_list, read_id_list
 from .classes import DATASET_CLASSES
 
 # the synthetic dataset is generated in VOC layout in this folder of the prepare stage's output
@@ -32,6 +32,10 @@ class Split:
     @property
     def ids(self) -> list[str]:
         return read_id_list(self.list_file)
+
+    def iter_ids(self):
+        """The ids one by one in constant memory (`io.iter_id_list`: no repeated-id check)."""
+        return iter_id_list(self.list_file)
 
     def image_path(self, image_id: str) -> Path:
         return self.image_dir / f"{image_id}{self.image_ext}"
