@@ -9,6 +9,7 @@ from wsss_core.io import (
     colorize,
     decode_label,
     image_size,
+    iter_id_list,
     read_id_list,
     read_image,
     read_label,
@@ -121,6 +122,22 @@ def test_id_lists(tmp_path):
     (tmp_path / "dup.txt").write_text("a\na\n")
     with pytest.raises(DataError, match="duplicate"):
         read_id_list(tmp_path / "dup.txt")
+
+
+def test_iter_id_list_streams_the_same_ids_and_errors(tmp_path):
+    (tmp_path / "mixed.txt").write_text("a\n\n/JPEGImages/b.jpg /SegmentationClassAug/b.png\n  c  \n")
+    streamed = iter_id_list(tmp_path / "mixed.txt")
+    assert next(streamed) == "a"                     # one line at a time: a generator
+    assert ["a", *streamed] == read_id_list(tmp_path / "mixed.txt") == ["a", "b", "c"]
+    (tmp_path / "empty.txt").write_text("\n\n")
+    with pytest.raises(DataError, match="empty.txt: list is empty"):
+        list(iter_id_list(tmp_path / "empty.txt"))
+    (tmp_path / "latin1.txt").write_bytes(b"a\n\xe9t\xe9\n")
+    for read in (read_id_list, lambda path: list(iter_id_list(path))):
+        with pytest.raises(DataError, match="latin1.txt: list is not a UTF-8 text file"):
+            read(tmp_path / "latin1.txt")
+    with pytest.raises(DataError, match="nowhere.txt: list file not found"):
+        list(iter_id_list(tmp_path / "nowhere.txt"))
 
 
 def test_logits_float16_by_default(tmp_path):
