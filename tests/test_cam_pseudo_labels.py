@@ -87,6 +87,28 @@ def test_cam_of_a_linear_classifier_by_hand():
     np.testing.assert_allclose(plain[0, 0, 7].numpy(), 0.1 * j / (1.7 + 1e-5), rtol=1e-5, atol=1e-6)
 
 
+def test_selected_classes_equal_the_full_call_without_aux():
+    """`classes` keeps those maps in the given order and `aux=False` drops the aux maps: the
+    kept maps are the full call's bit for bit (every step after the forward is per map)."""
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(3, 6, 3, padding=1)
+
+    class TwoHeads(torch.nn.Module):
+        def cams(self, x):
+            raw = net(x)
+            return raw, raw.flip(1)
+
+    images = torch.randn(2, 3, 13, 17)
+    full, full_aux = multi_scale_cams(TwoHeads(), images, scales=(1.0, 0.5, 1.5))
+    kept, no_aux = multi_scale_cams(TwoHeads(), images, scales=(1.0, 0.5, 1.5), classes=[4, 1],
+                                    aux=False)
+    assert no_aux is None and kept.shape == (2, 2, 13, 17)
+    assert torch.equal(kept, full[:, [4, 1]])
+    _, kept_aux = multi_scale_cams(TwoHeads(), images, scales=(1.0, 0.5), flip=False, classes=[0])
+    assert torch.equal(kept_aux, multi_scale_cams(TwoHeads(), images, scales=(1.0, 0.5),
+                                                  flip=False)[1][:, [0]])
+
+
 def test_negative_scores_are_cut_by_relu():
     """Class 2 = -red: -1 on the top half, 0 below; after ReLU all zeros → 0 / 1e-5 = 0."""
     model = LinearCam([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]])

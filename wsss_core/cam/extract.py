@@ -40,13 +40,19 @@ def write_split_cams(cam_model: nn.Module, normalize: Callable[[np.ndarray], np.
     another number of classes than the dataset's is a DataError naming `where`."""
     count = 0
     for image_id in progress(split.ids, "cams"):
-        image = torch.from_numpy(normalize(read_image(split.image_path(image_id))))[None]
-        cams, _ = multi_scale_cams(cam_model, image.to(device), scales, flip)
-        if cams.shape[1] != num_classes - 1:
-            raise DataError(where, f"the classifier has {cams.shape[1]} foreground classes, the "
-                                   f"dataset {num_classes - 1}")
+        image = torch.from_numpy(normalize(read_image(split.image_path(image_id))))[None].to(device)
+        if count == 0:   # the classifier's class count, once: below only present maps are made
+            foreground = cam_model.cams(image)[0].shape[1]
+            if foreground != num_classes - 1:
+                raise DataError(where, f"the classifier has {foreground} foreground classes, the "
+                                       f"dataset {num_classes - 1}")
         keys = class_labels[image_id]
-        present = cams[0, [k - 1 for k in keys]].float().cpu()
+        if keys:
+            cams, _ = multi_scale_cams(cam_model, image, scales, flip,
+                                       classes=[k - 1 for k in keys], aux=False)
+            present = cams[0].float().cpu()
+        else:
+            present = torch.zeros((0, *image.shape[-2:]))
         save_cams(out_dir / f"{image_id}{CAM_SUFFIX}", present, keys, stride)
         count += 1
     return count
