@@ -70,7 +70,9 @@ Counts: the default quick mode is a smoke run (cheap stages 32 and 128 images, m
 64, heavy 4 and 8; DVC sets of 1,000 labels and 200 logits files). `--full`: cheap stages
 (prepare, pseudo_labels, evaluate) at 1/8 of and at the full count, infer/evaluate_logits at 64
 and 512, cams/cam_refine/crf at 16 and 64, the DVC sets at the real counts (10,582 / 82,081
-labels, 1,449 / 40,137 logits). The CPU is needed by others: run it under `nice`.
+labels, 1,449 / 40,137 logits): 103 min on a quiet 2-core machine, and ≈ 25 GB of scratch disk
+(the 5 GB COCO logits set is copied into cache, remote and clone). Other load on the machine
+skews the 1-core and 2-core timings alike: run it alone.
 """
 from __future__ import annotations
 
