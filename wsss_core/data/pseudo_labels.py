@@ -38,9 +38,10 @@ class _LabelSource:
         self.path = path
         self._members: dict[str, object] | None = None   # None: flat folder, looked up by path
         if path.is_dir():
-            self._dirs: list[str] = []
-            if any(entry.is_dir() for entry in os.scandir(path)):
-                self._members = {}
+            with os.scandir(path) as entries:
+                nested = any(entry.is_dir() for entry in entries)
+            if nested:
+                self._members, self._dirs = {}, []
                 for folder, subfolders, files in os.walk(path):
                     subfolders.sort()
                     self._dirs.append(folder)
