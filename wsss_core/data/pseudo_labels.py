@@ -48,6 +48,7 @@ class _LabelSource:
                     self._index((((len(self._dirs) - 1, name), name) for name in sorted(files)
                                  if name.endswith(".png") and os.path.isfile(os.path.join(folder, name))),
                                 lambda member: os.path.join(self._dirs[member[0]], member[1]))
+                self._read: Callable[[object], bytes] = lambda m: Path(self._where(m)).read_bytes()
         elif path.is_file() and path.name.lower().endswith(".zip"):
             try:
                 self._zip = zipfile.ZipFile(path)
@@ -57,6 +58,7 @@ class _LabelSource:
             self._index(((info, PurePosixPath(info.filename).name) for info in self._zip.infolist()
                          if not info.is_dir() and info.filename.lower().endswith(".png")),
                         lambda info: f"{path}:{info.filename}")
+            self._read = self._zip.read
         elif path.is_file() and _is_archive(path):
             try:
                 self._tar = tarfile.open(path)
@@ -67,6 +69,7 @@ class _LabelSource:
             self._index(((m, PurePosixPath(m.name).name) for m in members
                          if m.isfile() and m.name.lower().endswith(".png")),
                         lambda m: f"{path}:{m.name}")
+            self._read = lambda m: self._tar.extractfile(m).read()
         elif path.exists():
             raise DataError(path, "pseudo-label source must be a folder or a .zip/.tar/.tar.gz archive")
         else:
@@ -105,12 +108,7 @@ class _LabelSource:
         try:
             if self._members is None:
                 return (self.path / name).read_bytes()
-            member = self._members[name]
-            if isinstance(member, tuple):
-                return Path(self._where(member)).read_bytes()
-            if isinstance(member, zipfile.ZipInfo):
-                return self._zip.read(member)
-            return self._tar.extractfile(member).read()
+            return self._read(self._members[name])
         except (OSError, zipfile.BadZipFile, tarfile.TarError, EOFError) as exc:
             raise DataError(self.where(name), f"cannot read from source ({exc})") from None
 
