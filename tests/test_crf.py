@@ -1,5 +1,8 @@
 """DenseCRF refinement: the kernel call, resumption, input errors, palette PNGs, VOC test export."""
 import io
+import resource
+import subprocess
+import sys
 import tarfile
 
 import numpy as np
@@ -9,7 +12,7 @@ import torch.nn.functional as F
 import yaml
 from PIL import Image
 
-from tests.conftest import copy_repo, make_voc_dataset, run_script
+from tests.conftest import REPO, copy_repo, make_voc_dataset, run_script
 from wsss_core.config import CrfParams, params_from_dict
 from wsss_core.crf import (
     CRF_PRESETS,
@@ -77,6 +80,40 @@ def _direct_pydensecrf(image, prob, s):
 
 
 # --------------------------------------------------------------------------- the kernel
+_FAULTS_CHILD = """
+import ctypes, resource, sys
+from wsss_core.crf import keep_freed_memory
+kept = sys.argv[1] == "kept" and keep_freed_memory()
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+size = 64 << 20                       # over glibc's largest mmap threshold (32 MB)
+faults = []
+for _ in range(2):                    # a block written in full, freed, then again
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    block = libc.malloc(size)
+    ctypes.memset(block, 1, size)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    libc.free(block)
+print(kept, faults[0], faults[1])
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_kept_freed_memory_is_reused_without_page_faults():
+    # a fresh process per setting: the allocator setting is per process and cannot be undone
+    def faults(mode):
+        out = subprocess.run([sys.executable, "-c", _FAULTS_CHILD, mode], check=True, text=True,
+                             capture_output=True, cwd=REPO).stdout.split()
+        return out[0] == "True", int(out[1]), int(out[2])
+
+    pages = (64 << 20) // resource.getpagesize()
+    kept, first, again = faults("kept")
+    assert kept and first >= pages / 2 and again < pages / 100   # the freed block is reused
+    _, first, again = faults("default")
+    assert first >= pages / 2 and again >= pages / 2             # unmapped and faulted in again
+
+
 @pytest.mark.parametrize("preset", ["deeplab", "dupl"])
 def test_dense_crf_equals_direct_pydensecrf_call(preset):
     rng = np.random.default_rng(1)

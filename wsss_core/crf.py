@@ -10,6 +10,7 @@ PNG itself) still matches. `export_voc_test` writes the VOC evaluation-server la
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import gzip
 import math
@@ -88,6 +89,32 @@ def wrapped_mean_subtracted(image: np.ndarray) -> np.ndarray:
     return np.mod(np.trunc(centred).astype(np.int64), 256).astype(np.uint8)
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4   # glibc mallopt parameters (malloc.h)
+_freed_memory_kept: bool | None = None
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc serve large blocks from its heap and keep what is freed (once per
+    process; False where the C library has no `mallopt`).
+
+    A mean-field iteration of pydensecrf allocates and frees several C×H×W float buffers (≈ 100 MB
+    each at COCO size). By default glibc maps every block over 32 MB afresh and unmaps it on free,
+    so the kernel faults in and zeroes ≈ 1.5 M pages per COCO image again and again; kept on the
+    heap they are reused. The process then holds its peak heap between images, which is the peak
+    it already reached. Numerics are unchanged (`benchmarks/crf_allocator.py` checks the bytes).
+    """
+    global _freed_memory_kept
+    if _freed_memory_kept is None:
+        try:
+            mallopt = ctypes.CDLL(None).mallopt
+        except (OSError, AttributeError):
+            _freed_memory_kept = False
+        else:
+            mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+            _freed_memory_kept = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    return _freed_memory_kept
+
+
 def dense_crf(image: np.ndarray, prob: np.ndarray, params) -> np.ndarray:
     """Marginals Q (C×H×W float32) of a fully connected CRF (pydensecrf `DenseCRF2D`).
 
@@ -104,6 +131,7 @@ def dense_crf(image: np.ndarray, prob: np.ndarray, params) -> np.ndarray:
     if image.shape != (height, width, 3) or image.dtype != np.uint8:
         raise ValueError(f"image must be {height}x{width}x3 uint8 to match prob {prob.shape}, "
                          f"got {image.shape} {image.dtype}")
+    keep_freed_memory()
     crf = densecrf.DenseCRF2D(width, height, num_classes)  # width first
     unary = unary_from_softmax(np.asarray(prob, dtype=np.float32))
     crf.setUnaryEnergy(np.ascontiguousarray(unary))
