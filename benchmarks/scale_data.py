@@ -185,6 +185,18 @@ def render_sample(spec: DatasetSpec, index: int, seed: int = 0, scale: float = 1
 
 
 # --------------------------------------------------------------------------- the pool
+def grid_logits(spec: DatasetSpec, sample, rng: np.random.Generator) -> np.ndarray:
+    """Logits (C×h×w float32) on DeepLab's stride-8 grid of `sample`: its GT one-hot (nearest)
+    plus N(0, 1) noise, so the CRF has something to refine."""
+    h, w = sample.hw
+    gh, gw = deeplab_grid(h), deeplab_grid(w)
+    small = sample.label[np.linspace(0, h - 1, gh).astype(int)][:, np.linspace(0, w - 1, gw).astype(int)]
+    logits = rng.normal(0, 1, (spec.num_classes, gh, gw)).astype(np.float32)
+    valid = small != IGNORE_INDEX
+    logits[small[valid], np.nonzero(valid)[0], np.nonzero(valid)[1]] += 3.0
+    return logits
+
+
 class Pool:
     """`size` rendered samples with their derived files (image, GT, logits, CAMs) on disk."""
 
@@ -200,14 +212,8 @@ class Pool:
             (self.folder / f"{i}.jpg").write_bytes(sample.jpeg)
             (self.folder / f"{i}.png").write_bytes(sample.gt_png)
             h, w = sample.hw
-            # logits on DeepLab's stride-8 grid, float16 (the infer stage's format): GT one-hot
-            # (nearest) with noise, so the CRF has something to refine
-            gh, gw = deeplab_grid(h), deeplab_grid(w)
-            small = sample.label[np.linspace(0, h - 1, gh).astype(int)][:, np.linspace(0, w - 1, gw).astype(int)]
-            logits = rng.normal(0, 1, (spec.num_classes, gh, gw)).astype(np.float32)
-            valid = small != IGNORE_INDEX
-            logits[small[valid], np.nonzero(valid)[0], np.nonzero(valid)[1]] += 3.0
-            write_form(self.file(i, LOGITS + spec.logits_suffix), logits, spec.compact_top_k)
+            write_form(self.file(i, LOGITS + spec.logits_suffix), grid_logits(spec, sample, rng),
+                       spec.compact_top_k)
             # stored CAMs of the present classes (stage cams' format): soft GT masks
             masks = np.stack([(sample.label == c).astype(np.float32) * 0.8 for c in sample.classes]) \
                 if sample.classes else np.zeros((0, h, w), np.float32)

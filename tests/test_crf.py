@@ -1,6 +1,5 @@
 """DenseCRF refinement: the kernel call, resumption, input errors, palette PNGs, VOC test export."""
 import io
-import resource
 import subprocess
 import sys
 import tarfile
@@ -107,11 +106,11 @@ def test_kept_freed_memory_is_reused_without_page_faults():
                              capture_output=True, cwd=REPO).stdout.split()
         return out[0] == "True", int(out[1]), int(out[2])
 
-    pages = (64 << 20) // resource.getpagesize()
+    # relative to the first write's faults: transparent huge pages would make both counts small
     kept, first, again = faults("kept")
-    assert kept and first >= pages / 2 and again < pages / 100   # the freed block is reused
+    assert kept and first > 0 and again < first / 10      # the freed block is reused
     _, first, again = faults("default")
-    assert first >= pages / 2 and again >= pages / 2             # unmapped and faulted in again
+    assert first > 0 and again >= first / 2              # unmapped, and faulted in again
 
 
 @pytest.mark.parametrize("preset", ["deeplab", "dupl"])
