@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import functools
 import gzip
 import math
 import tarfile
@@ -90,29 +91,25 @@ def wrapped_mean_subtracted(image: np.ndarray) -> np.ndarray:
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4   # glibc mallopt parameters (malloc.h)
-_freed_memory_kept: bool | None = None
 
 
+@functools.cache
 def keep_freed_memory() -> bool:
     """Make glibc's malloc serve large blocks from its heap and keep what is freed (once per
     process; False where the C library has no `mallopt`).
 
     A mean-field iteration of pydensecrf allocates and frees several C×H×W float buffers (≈ 100 MB
     each at COCO size). By default glibc maps every block over 32 MB afresh and unmaps it on free,
-    so the kernel faults in and zeroes ≈ 1.5 M pages per COCO image again and again; kept on the
+    so the kernel faults in and zeroes ≈ 2 M pages per COCO image again and again; kept on the
     heap they are reused. The process then holds its peak heap between images, which is the peak
     it already reached. Numerics are unchanged (`benchmarks/crf_allocator.py` checks the bytes).
     """
-    global _freed_memory_kept
-    if _freed_memory_kept is None:
-        try:
-            mallopt = ctypes.CDLL(None).mallopt
-        except (OSError, AttributeError):
-            _freed_memory_kept = False
-        else:
-            mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-            _freed_memory_kept = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
-    return _freed_memory_kept
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def dense_crf(image: np.ndarray, prob: np.ndarray, params) -> np.ndarray:
